@@ -1,0 +1,294 @@
+"""Node configuration: frozen dataclasses, loaded from TOML with errors that name the field.
+
+A node config file has one table per dataclass below (`[model]`, `[adapter]`, `[train]`,
+`[gossip]`, `[codec]`) plus top-level `node_id`, `listen`, `state_dir` and a `[[neighbours]]`
+array. `fedpeer init` writes a commented example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fedpeer.errors import ConfigError
+
+TASKS = ("causal-lm", "seq-cls")
+CODECS = ("lossless", "fp16")
+HEAD_SCOPES = ("global", "local")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = field(default="", metadata={"help": "Hugging Face model id or local directory"})
+    task: str = field(default="causal-lm", metadata={"help": "causal-lm | seq-cls"})
+    # Class names for seq-cls; the JSONL `label` field is one of these (or its index).
+    labels: tuple[str, ...] = ()
+    # Same base weights everywhere matter more than speed; fp32 keeps CPU runs exact.
+    dtype: str = "float32"
+
+    def validate(self) -> None:
+        _require(self.path != "", "model.path", "must name a Hugging Face model id or a local directory")
+        _require(self.task in TASKS, "model.task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "seq-cls":
+            _require(len(self.labels) >= 2, "model.labels", "seq-cls needs at least two class names")
+        _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
+                 f"must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Empty: pick the attention projections of the architecture (q/v or query/value).
+    target_modules: tuple[str, ...] = ()
+    # Med-DualLoRA: adapting the last blocks is enough; 0 adapts every block.
+    last_k_blocks: int = 0
+    # FFA-LoRA: A_g frozen from mesh_seed makes mixing of B_g exact and halves the bytes.
+    train_global_a: bool = False
+    mesh_seed: int = 0
+    # A second, private adapter that never leaves the site. False gives a global-only model.
+    use_local: bool = True
+    # seq-cls head: shared with the mesh ("global") or kept at the site ("local").
+    head: str = "global"
+
+    def validate(self) -> None:
+        _require(self.rank >= 1, "adapter.rank", f"must be >= 1, got {self.rank}")
+        _require(self.alpha > 0, "adapter.alpha", f"must be > 0, got {self.alpha}")
+        _require(0.0 <= self.dropout < 1.0, "adapter.dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(self.last_k_blocks >= 0, "adapter.last_k_blocks", "must be >= 0 (0 = all blocks)")
+        _require(self.head in HEAD_SCOPES, "adapter.head", f"must be global or local, got {self.head!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = field(default="", metadata={"help": "JSONL file: `text` (causal-lm) or `text`+`label`"})
+    # Empty: hold out eval_fraction of `data`, chosen by `seed`.
+    eval_data: str = ""
+    eval_fraction: float = 0.1
+    steps_per_round: int = 10
+    batch_size: int = 8
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    max_length: int = 128
+    seed: int = 0
+    # auto: cuda when present, else cpu. The scenario runner spreads nodes over GPUs.
+    device: str = "auto"
+
+    def validate(self) -> None:
+        _require(self.data != "", "train.data", "must name the site's JSONL training file")
+        _require(0.0 < self.eval_fraction < 1.0, "train.eval_fraction", "must be in (0, 1)")
+        _require(self.steps_per_round >= 0, "train.steps_per_round", "must be >= 0")
+        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(self.lr >= 0, "train.lr", "must be >= 0")
+        _require(self.max_length >= 8, "train.max_length", "must be >= 8")
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    rounds: int = 10
+    # CHOCO consensus step size. 1.0 with a lossless codec is plain gossip x <- W x.
+    gamma: float = 1.0
+    # A round waits this long for neighbours' updates, then mixes with those it has.
+    round_timeout_s: float = 120.0
+    # Deadline of one RPC (handshake, one update stream, one snapshot).
+    rpc_timeout_s: float = 30.0
+    # How long a starting node keeps retrying its first handshakes before starting round 1 anyway.
+    join_timeout_s: float = 60.0
+    # Frames for rounds further ahead than this are refused (bounds the inbox).
+    max_rounds_ahead: int = 2
+    # Wait for all nodes of the mesh to finish the last round before exiting (serves snapshots).
+    linger_s: float = 5.0
+
+    def validate(self) -> None:
+        _require(self.rounds >= 1, "gossip.rounds", "must be >= 1")
+        _require(0.0 <= self.gamma <= 1.0, "gossip.gamma", "must be in [0, 1]")
+        for name in ("round_timeout_s", "rpc_timeout_s", "join_timeout_s"):
+            _require(getattr(self, name) > 0, f"gossip.{name}", "must be > 0 seconds")
+        _require(self.max_rounds_ahead >= 1, "gossip.max_rounds_ahead", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    name: str = "fp16"
+    zstd_level: int = 3
+    # Decoder bound on one update's decompressed size; frames declaring more are refused.
+    max_payload_mb: float = 1024.0
+
+    def validate(self) -> None:
+        _require(self.name in CODECS, "codec.name", f"must be one of {', '.join(CODECS)}, got {self.name!r}")
+        _require(1 <= self.zstd_level <= 22, "codec.zstd_level", "must be in 1..22")
+        _require(self.max_payload_mb > 0, "codec.max_payload_mb", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    id: str
+    address: str
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    state_dir: str
+    listen: str = "127.0.0.1:50051"
+    # Address neighbours use to reach us; empty = listen.
+    advertise: str = ""
+    neighbours: tuple[PeerConfig, ...] = ()
+    model: ModelConfig = ModelConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    train: TrainConfig = TrainConfig()
+    gossip: GossipConfig = GossipConfig()
+    codec: CodecConfig = CodecConfig()
+
+    def validate(self) -> None:
+        _require(self.node_id != "" and "/" not in self.node_id, "node_id",
+                 "must be a non-empty name without '/'")
+        _require(self.state_dir != "", "state_dir", "must name the node's state directory")
+        _require(":" in self.listen, "listen", f"must be HOST:PORT, got {self.listen!r}")
+        ids = [p.id for p in self.neighbours]
+        _require(len(set(ids)) == len(ids), "neighbours", "neighbour ids must be unique")
+        _require(self.node_id not in ids, "neighbours", "a node cannot be its own neighbour")
+        for part in (self.model, self.adapter, self.train, self.gossip, self.codec):
+            part.validate()
+
+    @property
+    def address(self) -> str:
+        return self.advertise or self.listen
+
+
+def _require(ok: bool, field_path: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field_path} {reason}")
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass `cls` from plain TOML data, checking names and types field by field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a table, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(where, unknown[0])} is not a known setting "
+                          f"(known: {', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
+    missing = [f.name for f in fields.values()
+               if f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{_join(where, missing[0])} is required")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)  # type: ignore[arg-type]
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: union types are not supported in config")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Dataclass -> TOML-ready dict (tuples become lists)."""
+    out = dataclasses.asdict(obj)
+    return _lists(out)
+
+
+def _lists(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _lists(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_lists(x) for x in v]
+    return v
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    """Read and validate a node config file; relative paths in it are relative to the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file (write one with `fedpeer init {path}`)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        cfg = from_dict(NodeConfig, data)
+        cfg = resolve_paths(cfg, path.parent)
+        cfg.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg
+
+
+def resolve_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
+    """Make file paths absolute relative to `base` (model.path only when it is an existing dir)."""
+
+    def fix(p: str) -> str:
+        return str((base / p).resolve()) if p and not Path(p).is_absolute() else p
+
+    model_path = cfg.model.path
+    if model_path and (base / model_path).exists():
+        model_path = fix(model_path)
+    return dataclasses.replace(
+        cfg,
+        state_dir=fix(cfg.state_dir),
+        model=dataclasses.replace(cfg.model, path=model_path),
+        train=dataclasses.replace(cfg.train, data=fix(cfg.train.data), eval_data=fix(cfg.train.eval_data)),
+    )
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Minimal TOML writer for our config shapes (scalars, lists, tables, arrays of tables)."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and not _is_table_list(v)}
+    for k, v in scalars.items():
+        lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in data.items():
+        if _is_table_list(v):
+            for item in v:
+                lines.append(f"\n[[{k}]]")
+                lines.extend(f"{ik} = {_toml_value(iv)}" for ik, iv in item.items())
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines.extend(f"{ik} = {_toml_value(iv)}" for ik, iv in v.items())
+    return "\n".join(lines) + "\n"
+
+
+def _is_table_list(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(isinstance(x, dict) for x in v)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
