@@ -180,7 +180,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise ConfigError(f"{_join(where, unknown[0])} is not a known setting "
                           f"(known: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
+    kwargs = {name: convert_value(hints[name], value, _join(where, name)) for name, value in data.items()}
     missing = [f.name for f in fields.values()
                if f.name not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -189,7 +189,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     return cls(**kwargs)
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
+def convert_value(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)  # type: ignore[arg-type]
@@ -197,7 +197,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         (item_tp, _) = typing.get_args(tp)
-        return tuple(_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(convert_value(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{where}: union types are not supported in config")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):

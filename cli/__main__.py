@@ -1,0 +1,3 @@
+from fedpeer_cli.main import app
+
+app(prog_name="fedpeer")

@@ -1,0 +1,218 @@
+"""Scenario files: one TOML describes a whole mesh; every runner starts the same nodes from it.
+
+A scenario holds the topology, how to get the model (a local path/id, or a tiny model built on
+the spot) and the data (a generator, or one JSONL file per node), node settings shared by all
+nodes (the same `[model]`, `[adapter]`, `[train]`, `[gossip]`, `[codec]` tables as a node config),
+and an optional fault schedule. `prepare` turns it into one `NodeConfig` per node under OUT/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedpeer.config import (
+    AdapterConfig,
+    CodecConfig,
+    GossipConfig,
+    ModelConfig,
+    NodeConfig,
+    PeerConfig,
+    TrainConfig,
+    convert_value,
+    from_dict,
+)
+from fedpeer.errors import ConfigError
+from fedpeer.gossip.topology import build_topology, neighbours
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """A small randomly initialized model built locally (no download) from the scenario's corpus."""
+
+    arch: str = "llama"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    # "demo": synthetic clinical-report-style sites (fedpeer.scenario.synth); "files": `files` below.
+    generator: str = "demo"
+    n_train: int = 200
+    n_eval: int = 50
+    seed: int = 0
+    # One JSONL per node, in node order (relative to the scenario file), when generator = "files".
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    # kill: SIGKILL `node` once it completed round `at_round`; restart it when the others reach
+    # `restart_at_round` (0 = never).
+    kind: str = "kill"
+    node: str = ""
+    at_round: int = 1
+    restart_at_round: int = 0
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    name: str = "scenario"
+    nodes: int = 4
+    topology: str = "ring"
+    # Only for topology = "explicit": pairs of node names.
+    edges: tuple[tuple[str, ...], ...] = ()
+    topology_seed: int = 0
+    tiny_model: TinyModelSpec | None = None
+    data: DataSpec = DataSpec()
+    model: ModelConfig = ModelConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    train: TrainConfig = TrainConfig()
+    gossip: GossipConfig = GossipConfig()
+    codec: CodecConfig = CodecConfig()
+    faults: tuple[FaultSpec, ...] = ()
+    source: str = ""  # the file it came from
+
+
+def load_scenario(path: str | Path) -> ScenarioSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such scenario file (see scenarios/ for examples)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        spec = parse_scenario(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return dataclasses.replace(spec, source=str(path.resolve()))
+
+
+def parse_scenario(data: dict[str, Any]) -> ScenarioSpec:
+    data = dict(data)
+    tiny = data.pop("tiny_model", None)
+    spec = from_dict(ScenarioSpec, data)
+    if tiny is not None:
+        spec = dataclasses.replace(spec, tiny_model=from_dict(TinyModelSpec, tiny, "tiny_model"))
+    if spec.nodes < 2 and spec.topology != "explicit":
+        raise ConfigError(f"nodes must be >= 2, got {spec.nodes}")
+    for i, f in enumerate(spec.faults):
+        if f.kind != "kill":
+            raise ConfigError(f"faults[{i}].kind must be 'kill', got {f.kind!r}")
+        if f.restart_at_round and f.restart_at_round <= f.at_round:
+            raise ConfigError(f"faults[{i}].restart_at_round must come after at_round")
+    if spec.data.generator not in ("demo", "files"):
+        raise ConfigError(f"data.generator must be 'demo' or 'files', got {spec.data.generator!r}")
+    return spec
+
+
+def with_overrides(spec: ScenarioSpec, overrides: dict[str, Any]) -> ScenarioSpec:
+    """Apply overrides such as {"nodes": 8, "gossip.rounds": 3, "train.lr": 0.0} (from the CLI)."""
+    out = spec
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        target = getattr(out, section, None) if section else out
+        if section and not dataclasses.is_dataclass(target):
+            raise ConfigError(f"override {key}: {section!r} is not a section of a scenario")
+        hints = typing.get_type_hints(type(target))
+        if name not in hints:
+            raise ConfigError(f"override {key}: {name!r} is not a setting of {section or 'the scenario'}")
+        updated = dataclasses.replace(target, **{name: convert_value(hints[name], value, key)})  # type: ignore[type-var]
+        out = dataclasses.replace(out, **{section: updated}) if section else updated
+    return out
+
+
+@dataclass(frozen=True)
+class PreparedScenario:
+    spec: ScenarioSpec
+    out_dir: Path
+    nodes: tuple[NodeConfig, ...]
+
+
+def prepare(spec: ScenarioSpec, out_dir: str | Path, addresses: dict[str, str]) -> PreparedScenario:
+    """Build the model and data if the scenario says so, and one NodeConfig per node.
+
+    `addresses` maps node name -> HOST:PORT (the runner decides: loopback ports, memory, ...).
+    """
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    graph = build_topology(spec.topology, spec.nodes, seed=spec.topology_seed, edges=spec.edges)
+    names = sorted(graph.nodes, key=_node_order)
+    missing = [n for n in names if n not in addresses]
+    if missing:
+        raise ConfigError(f"no address for nodes {missing}")
+    data_files = _data_files(spec, out, names)
+    model_cfg = _model_config(spec, out, data_files)
+    nodes = []
+    for name in names:
+        train_file, eval_file = data_files[name]
+        cfg = NodeConfig(
+            node_id=name, state_dir=str(out / name), listen=addresses[name],
+            neighbours=tuple(PeerConfig(j, addresses[j]) for j in neighbours(graph, name)),
+            model=model_cfg, adapter=spec.adapter,
+            train=dataclasses.replace(spec.train, data=str(train_file), eval_data=str(eval_file or "")),
+            gossip=spec.gossip, codec=spec.codec)
+        cfg.validate()
+        nodes.append(cfg)
+    return PreparedScenario(spec=spec, out_dir=out, nodes=tuple(nodes))
+
+
+def node_names(spec: ScenarioSpec) -> list[str]:
+    graph = build_topology(spec.topology, spec.nodes, seed=spec.topology_seed, edges=spec.edges)
+    return sorted(graph.nodes, key=_node_order)
+
+
+def _node_order(name: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return (int(digits) if digits else -1, name)
+
+
+def _data_files(spec: ScenarioSpec, out: Path, names: list[str]) -> dict[str, tuple[Path, Path | None]]:
+    if spec.data.generator == "files":
+        if len(spec.data.files) != len(names):
+            raise ConfigError(f"data.files lists {len(spec.data.files)} files for {len(names)} nodes")
+        base = Path(spec.source).parent if spec.source else Path.cwd()
+        return {n: ((base / f).resolve(), None) for n, f in zip(names, spec.data.files, strict=True)}
+    from fedpeer.scenario.synth import write_demo_sites
+
+    sites = write_demo_sites(out / "data", len(names), task=spec.model.task, seed=spec.data.seed,
+                             n_train=spec.data.n_train, n_eval=spec.data.n_eval)
+    return {n: (Path(s) / "train.jsonl", Path(s) / "eval.jsonl") for n, s in zip(names, sites, strict=True)}
+
+
+def _model_config(spec: ScenarioSpec, out: Path, data_files: dict[str, tuple[Path, Path | None]]) -> ModelConfig:
+    model = spec.model
+    if spec.model.task == "seq-cls" and not model.labels and spec.data.generator == "demo":
+        from fedpeer.scenario.synth import DEMO_LABELS
+
+        model = dataclasses.replace(model, labels=tuple(DEMO_LABELS))
+    if spec.tiny_model is None:
+        return model
+    from fedpeer.model.tiny import build_tiny_model
+
+    t = spec.tiny_model
+    corpus = _corpus(data_files)
+    path = build_tiny_model(out / "model", arch=t.arch, task=model.task, corpus=corpus, labels=model.labels,
+                            hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
+                            intermediate_size=t.intermediate_size, seed=t.seed)
+    return dataclasses.replace(model, path=str(path))
+
+
+def _corpus(data_files: dict[str, tuple[Path, Path | None]]) -> list[str]:
+    import json
+
+    texts = []
+    for train, ev in data_files.values():
+        for f in (train, ev):
+            if f is not None and f.exists():
+                texts.extend(json.loads(line)["text"] for line in f.read_text().splitlines() if line.strip())
+    return texts

@@ -1,0 +1,229 @@
+"""Local training between two gossip rounds, evaluation, and the trainer's checkpointable state.
+
+A trainer owns its randomness: batch order comes from (seed, epoch), and dropout draws from a private
+RNG state swapped in around each round, so a node trains the same whether it runs alone, next to other
+nodes in one process, or resumed from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fedpeer.config import ModelConfig, TrainConfig
+from fedpeer.errors import CheckpointError
+from fedpeer.model.dual_lora import DualLora
+from fedpeer.train.data import IGNORE_INDEX, Example, load_site_data, make_batch
+
+_OPTIM_PREFIX = "optim."
+_RNG_CPU, _RNG_CUDA = "rng.cpu", "rng.cuda"
+
+
+class BatchOrder:
+    """Endless batches of example indices: a fresh seeded permutation each epoch, last batch may be short."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, pos: int = 0) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.pos = epoch, pos
+        self._perm = self._permutation(epoch)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(zlib.crc32(f"batches/{self.seed}/{epoch}".encode()))
+        return torch.randperm(self.n, generator=gen).tolist()
+
+    def next(self) -> list[int]:
+        if self.pos >= self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._perm = self._permutation(self.epoch)
+        batch = self._perm[self.pos:self.pos + self.batch_size]
+        self.pos += len(batch)
+        return batch
+
+
+class LocalTrainer:
+    """Trains both adapters of `dual` on the site's data, `steps_per_round` AdamW steps per round."""
+
+    def __init__(self, dual: DualLora, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+        self.dual = dual
+        self.cfg = train_cfg
+        self.task = model_cfg.task
+        self.train_examples, self.eval_examples = load_site_data(model_cfg, train_cfg)
+        self._order = BatchOrder(len(self.train_examples), train_cfg.batch_size, train_cfg.seed)
+        self._params = dual.trainable_parameters()
+        self._optim = torch.optim.AdamW(self._params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        self._input_names = _model_inputs(dual)
+        self._rng = _initial_rng(train_cfg.seed, dual.device)
+        self.rounds = 0
+        self.steps = 0
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_examples)
+
+    @property
+    def eval_size(self) -> int:
+        return len(self.eval_examples)
+
+    def train_round(self) -> float:
+        """Run `steps_per_round` optimizer steps; mean training loss (nan when there are no steps)."""
+        if self.cfg.steps_per_round == 0:
+            return float("nan")
+        model = self.dual.model
+        model.train()
+        losses = []
+        with _private_rng(self._rng, self.dual.device):
+            for _ in range(self.cfg.steps_per_round):
+                losses.append(self._step(model))
+        self.rounds += 1
+        return sum(losses) / len(losses)
+
+    def _step(self, model: torch.nn.Module) -> float:
+        batch = self._batch([self.train_examples[i] for i in self._order.next()])
+        loss = model(**batch).loss
+        self._optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self._optim.step()
+        self.steps += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """eval_loss, plus accuracy and macro_f1 (seq-cls) or perplexity (causal-lm)."""
+        model = self.dual.model
+        model.eval()
+        try:
+            loss_sum, count, truth, preds = 0.0, 0, [], []
+            for examples in _chunks(self.eval_examples, self.cfg.batch_size):
+                batch = self._batch(examples)
+                labels = batch.pop("labels")
+                logits = model(**batch).logits.float()
+                batch_loss, batch_count = _loss_sum(logits, labels, self.task)
+                loss_sum, count = loss_sum + batch_loss, count + batch_count
+                if self.task == "seq-cls":
+                    truth += labels.tolist()
+                    preds += logits.argmax(-1).tolist()
+        finally:
+            model.train()
+        return _metrics(loss_sum / max(count, 1), truth, preds, self.task)
+
+    def _batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        batch = make_batch(examples, self.dual.tokenizer, self.task, self.cfg.max_length, self._input_names)
+        return {k: v.to(self.dual.device) for k, v in batch.items()}
+
+    # --- checkpoint ---------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Optimizer moments as `optim.<param_index>.<name>`, and the private dropout RNG state."""
+        out = {f"{_OPTIM_PREFIX}{i}.{name}": t.detach().clone()
+               for i, state in self._optim.state_dict()["state"].items() for name, t in state.items()
+               if isinstance(t, torch.Tensor)}
+        out.update({k: v.clone() for k, v in self._rng.items()})
+        return out
+
+    def state_meta(self) -> dict[str, Any]:
+        """JSON-able: optimizer hyperparameters, counters and the position of the batch iterator."""
+        groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
+                  for g in self._optim.state_dict()["param_groups"]]
+        return {"param_groups": groups, "rounds": self.rounds, "steps": self.steps,
+                "epoch": self._order.epoch, "pos": self._order.pos, "seed": self._order.seed,
+                "num_params": len(self._params)}
+
+    def load_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Restore what `state_tensors` / `state_meta` saved; training then continues identically."""
+        if meta.get("num_params") != len(self._params):
+            raise CheckpointError(f"trainer state is for {meta.get('num_params')} trainable tensors, this model has "
+                            f"{len(self._params)}: the checkpoint belongs to another adapter config")
+        groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+        self._optim.load_state_dict({"state": _unflatten_optim(tensors), "param_groups": groups})
+        self._rng = {k: tensors[k].clone() for k in (_RNG_CPU, _RNG_CUDA) if k in tensors} or self._rng
+        self._order = BatchOrder(len(self.train_examples), self.cfg.batch_size, int(meta["seed"]),
+                                 int(meta["epoch"]), int(meta["pos"]))
+        self.rounds, self.steps = int(meta["rounds"]), int(meta["steps"])
+
+
+def _unflatten_optim(tensors: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        if key.startswith(_OPTIM_PREFIX):
+            index, name = key[len(_OPTIM_PREFIX):].split(".", 1)
+            state.setdefault(int(index), {})[name] = t.clone()
+    return state
+
+
+def _model_inputs(dual: DualLora) -> tuple[str, ...]:
+    # Tokenizers may emit token_type_ids that decoder-only models do not accept.
+    accepted = inspect.signature(dual.model.get_base_model().forward).parameters
+    return tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted)
+
+
+def _initial_rng(seed: int, device: torch.device) -> dict[str, torch.Tensor]:
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        torch.manual_seed(seed)
+        return _current_rng(device)
+
+
+def _current_rng(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {_RNG_CPU: torch.get_rng_state()}
+    if device.type == "cuda":
+        state[_RNG_CUDA] = torch.cuda.get_rng_state(device)
+    return state
+
+
+@contextlib.contextmanager
+def _private_rng(state: dict[str, torch.Tensor], device: torch.device) -> Iterator[None]:
+    """Swap the trainer's RNG state in for a round and keep where it ended; the caller's RNG is untouched."""
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        torch.set_rng_state(state[_RNG_CPU])
+        if _RNG_CUDA in state:
+            torch.cuda.set_rng_state(state[_RNG_CUDA], device)
+        try:
+            yield
+        finally:
+            state.update(_current_rng(device))
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    return [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+
+
+def _loss_sum(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[float, int]:
+    """Summed loss and the number of terms: per example (seq-cls) or per predicted token (causal-lm)."""
+    if task == "seq-cls":
+        return float(F.cross_entropy(logits, labels, reduction="sum")), labels.numel()
+    # Token t predicts token t+1, as in the model's own training loss.
+    shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return float(total), int((shift_labels != IGNORE_INDEX).sum())
+
+
+def _metrics(loss: float, truth: list[int], preds: list[int], task: str) -> dict[str, float]:
+    if task != "seq-cls":
+        return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+    correct = sum(t == p for t, p in zip(truth, preds, strict=True))
+    return {"eval_loss": loss, "accuracy": correct / max(len(truth), 1), "macro_f1": macro_f1(truth, preds)}
+
+
+def macro_f1(truth: Sequence[int], preds: Sequence[int]) -> float:
+    """Mean F1 over the classes present in the labels or the predictions (no sklearn needed)."""
+    classes = sorted(set(truth) | set(preds))
+    if not classes:
+        return 0.0
+    scores = []
+    for c in classes:
+        tp = sum(t == c and p == c for t, p in zip(truth, preds, strict=True))
+        fp = sum(t != c and p == c for t, p in zip(truth, preds, strict=True))
+        fn = sum(t == c and p != c for t, p in zip(truth, preds, strict=True))
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores)
+
+
+def _chunks(examples: Sequence[Example], size: int) -> Iterator[Sequence[Example]]:
+    for start in range(0, len(examples), size):
+        yield examples[start:start + size]

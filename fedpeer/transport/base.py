@@ -1,0 +1,64 @@
+"""The transport interface: what a node needs from the network, whatever carries it.
+
+The node implements `MeshHandler` (the server side); a `Transport` serves it at an address and
+makes the client calls to neighbours. gRPC (`GrpcTransport`) and in-memory (`MemoryTransport`)
+transports behave the same; tests and in-process simulations use the latter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedpeer.wire.frames import AckInfo, Frame, PeerInfo, StatusInfo
+
+# Called with (peer address, serialized message) for every message this transport puts on the wire.
+# Used by the privacy test to inspect every byte that leaves a node.
+Recorder = Callable[[str, bytes], None]
+
+
+class MeshHandler(Protocol):
+    def on_hello(self, peer: PeerInfo) -> PeerInfo:
+        """Check a neighbour's handshake; return our own info or raise HandshakeError."""
+
+    def on_frame(self, frame: Frame) -> AckInfo:
+        """Validate and queue an update frame; raise FrameRejected to refuse it."""
+
+    def on_snapshot_request(self, requester: str) -> Frame:
+        """Our public copy x_hat as a snapshot frame (for a neighbour that must resync)."""
+
+    def on_status(self) -> StatusInfo: ...
+
+
+@dataclass(frozen=True)
+class SendResult:
+    ack: AckInfo
+    wire_bytes: int
+
+
+class Transport(ABC):
+    recorder: Recorder | None = None
+
+    @abstractmethod
+    def serve(self, address: str, handler: MeshHandler) -> str:
+        """Start serving `handler`; returns the bound address (port 0 picks a free port)."""
+
+    @abstractmethod
+    def hello(self, address: str, me: PeerInfo, timeout: float) -> PeerInfo:
+        """Handshake; raises HandshakeError if refused, PeerUnavailable if unreachable."""
+
+    @abstractmethod
+    def send_frame(self, address: str, frame: Frame, timeout: float) -> SendResult:
+        """Stream one frame; raises PeerUnavailable (unreachable, deadline) or FrameRejected."""
+
+    @abstractmethod
+    def fetch_snapshot(self, address: str, requester: str, timeout: float, max_payload: int) -> Frame:
+        """Pull a neighbour's public copy; raises PeerUnavailable or FrameRejected."""
+
+    @abstractmethod
+    def status(self, address: str, timeout: float) -> StatusInfo: ...
+
+    @abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,119 @@
+"""Frames as the node sees them (no protobuf here): tensors <-> encoded frames, with validation.
+
+`encode_frame` runs the codec on the sender; `decode_frame` checks a peer's frame against the tensor
+specs of the local model *before* the codec allocates anything, then decodes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from fedpeer.codec import Codec, DecodeLimits, TensorSpec, get_codec, manifest_of
+from fedpeer.errors import CodecError, FrameRejected
+
+# Largest payload chunk on the wire: well under gRPC's default 4 MiB message limit.
+CHUNK_BYTES = 1 << 20
+
+
+class FrameKind(Enum):
+    UPDATE = "update"
+    SNAPSHOT = "snapshot"
+
+
+@dataclass(frozen=True)
+class Frame:
+    sender: str
+    epoch: str
+    kind: FrameKind
+    round: int
+    seq: int
+    codec: str
+    codec_params: dict[str, str]
+    manifest: tuple[TensorSpec, ...]
+    payload: bytes
+    raw_bytes: int
+    crc32: int = field(default=-1)
+    # Bytes this frame took on the wire (protobuf chunks), filled in by the receiving transport.
+    wire_bytes: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.crc32 == -1:
+            object.__setattr__(self, "crc32", zlib.crc32(self.payload))
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """What a node says about itself in a handshake (and in status replies)."""
+
+    node_id: str
+    protocol_version: int
+    fingerprint: str
+    fingerprint_fields: dict[str, str]
+    codecs: tuple[str, ...]
+    round: int
+    degree: int
+    epoch: str
+    address: str
+
+
+@dataclass(frozen=True)
+class AckInfo:
+    accepted: bool
+    error: str
+    applied_seq: int
+
+
+@dataclass(frozen=True)
+class NeighbourInfo:
+    node_id: str
+    address: str
+    connected: bool
+    last_round_heard: int
+    applied_seq: int
+
+
+@dataclass(frozen=True)
+class StatusInfo:
+    node: PeerInfo
+    phase: str
+    rounds_total: int
+    neighbours: tuple[NeighbourInfo, ...]
+    last_train_loss: float
+    consensus_distance: float
+
+
+def encode_frame(tensors: Mapping[str, torch.Tensor], codec: Codec, *, sender: str, epoch: str,
+                 kind: FrameKind, round: int, seq: int) -> Frame:
+    enc = codec.encode(tensors)
+    return Frame(sender=sender, epoch=epoch, kind=kind, round=round, seq=seq, codec=codec.name,
+                 codec_params=dict(enc.params), manifest=tuple(manifest_of(tensors)),
+                 payload=enc.payload, raw_bytes=enc.raw_bytes)
+
+
+def check_manifest(manifest: Sequence[TensorSpec], expected: Sequence[TensorSpec]) -> None:
+    """Refuse a manifest that is not exactly the local model's global-adapter specs."""
+    if len(manifest) != len(expected):
+        raise FrameRejected(f"manifest has {len(manifest)} tensors, this model expects {len(expected)}")
+    for got, want in zip(manifest, expected, strict=True):
+        if got != want:
+            raise FrameRejected(f"manifest entry {got.name!r} {got.shape} {got.dtype} does not match "
+                                f"this model's {want.name!r} {want.shape} {want.dtype}")
+
+
+def decode_frame(frame: Frame, expected: Sequence[TensorSpec], limits: DecodeLimits,
+                 accepted_codecs: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Validate a peer's frame against the local specs, then decode it. Raises FrameRejected."""
+    check_manifest(frame.manifest, expected)
+    if frame.codec not in accepted_codecs:
+        raise FrameRejected(f"codec {frame.codec!r} is not accepted here ({', '.join(accepted_codecs)})")
+    if zlib.crc32(frame.payload) != frame.crc32:
+        raise FrameRejected("payload checksum mismatch (corrupted in transit)")
+    try:
+        return get_codec(frame.codec).decode(frame.payload, frame.manifest, frame.codec_params, limits)
+    except CodecError as exc:
+        raise FrameRejected(f"undecodable {frame.codec} payload: {exc}") from None

@@ -1,0 +1,177 @@
+"""Local training: loss goes down, lr=0 is a no-op, metrics, exact resume, data errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
+from fedpeer.errors import DataError
+from fedpeer.model import DualLora, load_dual_lora
+from fedpeer.scenario.synth import DEMO_LABELS, write_demo_sites
+from fedpeer.train import LocalTrainer, macro_f1, make_batch, read_jsonl, split_examples
+from fedpeer.train.data import IGNORE_INDEX, Example
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sites")
+    return {task: write_demo_sites(root / task, 1, task=task, n_train=48, n_eval=16)[0]
+            for task in ("causal-lm", "seq-cls")}
+
+
+@pytest.fixture(params=["causal-lm", "seq-cls"])
+def setup(request: pytest.FixtureRequest, tiny_llama_dir: Path, tiny_bert_cls_dir: Path,
+          sites: dict[str, Path]) -> tuple[ModelConfig, AdapterConfig, TrainConfig]:
+    task = request.param
+    path, labels = (tiny_llama_dir, ()) if task == "causal-lm" else (tiny_bert_cls_dir, DEMO_LABELS)
+    site = sites[task]
+    return (ModelConfig(path=str(path), task=task, labels=labels),
+            AdapterConfig(rank=4, alpha=8.0, dropout=0.1),
+            TrainConfig(data=str(site / "train.jsonl"), eval_data=str(site / "eval.jsonl"), steps_per_round=3,
+                        batch_size=8, lr=5e-3, max_length=64, device="cpu"))
+
+
+def trainer(setup: tuple, **train: object) -> LocalTrainer:
+    model_cfg, adapter_cfg, train_cfg = setup
+    dual = load_dual_lora(model_cfg, adapter_cfg, CPU, local_seed=1)
+    return LocalTrainer(dual, model_cfg, dataclasses.replace(train_cfg, **train))
+
+
+def all_weights(dual: DualLora) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in dual.model.named_parameters()}
+
+
+def test_loss_decreases(setup: tuple) -> None:
+    t = trainer(setup)
+    before = t.evaluate()["eval_loss"]
+    losses = [t.train_round() for _ in range(4)]
+    after = t.evaluate()["eval_loss"]
+    assert all(math.isfinite(x) for x in losses)
+    assert after < 0.9 * before, (before, after, losses)
+
+
+def test_lr_zero_changes_nothing(setup: tuple) -> None:
+    t = trainer(setup, lr=0.0, weight_decay=0.1)
+    before = all_weights(t.dual)
+    t.train_round()
+    after = all_weights(t.dual)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_no_steps_returns_nan_and_changes_nothing(setup: tuple) -> None:
+    t = trainer(setup, steps_per_round=0)
+    before = all_weights(t.dual)
+    assert math.isnan(t.train_round())
+    assert all(torch.equal(v, all_weights(t.dual)[n]) for n, v in before.items())
+
+
+def test_eval_metrics(setup: tuple) -> None:
+    t = trainer(setup)
+    metrics = t.evaluate()
+    assert t.dual.model.training
+    assert metrics["eval_loss"] > 0
+    if setup[0].task == "seq-cls":
+        assert set(metrics) == {"eval_loss", "accuracy", "macro_f1"}
+        assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["macro_f1"] <= 1
+    else:
+        assert set(metrics) == {"eval_loss", "perplexity"}
+        assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
+
+
+def test_resume_continues_identically(setup: tuple) -> None:
+    straight = trainer(setup)
+    straight_losses = [straight.train_round() for _ in range(3)]
+
+    first = trainer(setup)
+    first_losses = [first.train_round() for _ in range(2)]
+    # Round-trip the meta through JSON, as a checkpoint would.
+    tensors, meta = first.state_tensors(), json.loads(json.dumps(first.state_meta()))
+    adapters = first.dual.adapter_state()
+    torch.manual_seed(1234)  # whatever the process did in between must not matter
+    resumed = trainer(setup)
+    resumed.dual.load_adapter_state(adapters)
+    resumed.load_state(tensors, meta)
+    losses = first_losses + [resumed.train_round()]
+
+    assert losses == pytest.approx(straight_losses, abs=1e-6)
+    for k, v in straight.dual.adapter_state().items():
+        torch.testing.assert_close(resumed.dual.adapter_state()[k], v, rtol=0, atol=1e-6)
+
+
+def test_training_leaves_the_callers_rng_alone(setup: tuple) -> None:
+    t = trainer(setup)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    t.train_round()
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_split_is_seeded_and_disjoint() -> None:
+    examples = [Example(f"text {i}") for i in range(20)]
+    train, held = split_examples(examples, 0.25, seed=3)
+    assert len(held) == 5 and len(train) == 15
+    assert {e.text for e in train}.isdisjoint(e.text for e in held)
+    assert split_examples(examples, 0.25, seed=3) == (train, held)
+    assert split_examples(examples, 0.25, seed=4) != (train, held)
+
+
+def test_eval_split_from_train_file_when_no_eval_file(setup: tuple) -> None:
+    t = trainer(setup, eval_data="", eval_fraction=0.25)
+    assert (t.train_size, t.eval_size) == (36, 12)
+
+
+def test_causal_lm_batch_masks_padding(tiny_llama_dir: Path) -> None:
+    dual = load_dual_lora(ModelConfig(path=str(tiny_llama_dir)), AdapterConfig(rank=2), CPU, 0)
+    batch = make_batch([Example("no acute process"), Example("small left pleural effusion with atelectasis")],
+                       dual.tokenizer, "causal-lm", 32)
+    mask = batch["attention_mask"] == 0
+    assert mask.any()
+    assert (batch["labels"][mask] == IGNORE_INDEX).all()
+    assert torch.equal(batch["labels"][~mask], batch["input_ids"][~mask])
+    assert "token_type_ids" not in batch
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([], "no examples"),
+    (['{"text": "ok", "label": "normal"}', "{not json"], r"data.jsonl:2: not valid JSON"),
+    (['["a list"]'], r"data.jsonl:1: expected a JSON object"),
+    ([{"label": "normal"}], r"data.jsonl:1: \"text\" must be"),
+    ([{"text": "ok"}], r"data.jsonl:1: seq-cls lines need a \"label\""),
+    ([{"text": "ok", "label": "normal"}, "", {"text": "ok", "label": "fracture"}],
+     r"data.jsonl:3: unknown label 'fracture'"),
+    ([{"text": "ok", "label": 4}], r"data.jsonl:1: unknown label 4"),
+    ([{"text": "ok", "label": True}], r"data.jsonl:1: unknown label True"),
+])
+def test_data_errors_name_file_and_line(jsonl, rows: list, message: str) -> None:
+    path = jsonl("data.jsonl", rows)
+    with pytest.raises(DataError, match=message):
+        read_jsonl(path, "seq-cls", DEMO_LABELS)
+
+
+def test_labels_by_name_or_index(jsonl) -> None:
+    path = jsonl("data.jsonl", [{"text": "a", "label": "effusion"}, {"text": "b", "label": 3}])
+    assert [e.label for e in read_jsonl(path, "seq-cls", DEMO_LABELS)] == [1, 3]
+
+
+def test_missing_data_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such data file"):
+        read_jsonl(tmp_path / "absent.jsonl", "causal-lm")
+
+
+@pytest.mark.parametrize(("truth", "preds", "expected"), [
+    ([0, 1, 2], [0, 1, 2], 1.0),
+    ([0, 0, 1, 1], [0, 1, 1, 1], (2 / 3 + 4 / 5) / 2),
+    ([0, 0], [1, 1], 0.0),  # class 1 only predicted still counts
+    ([], [], 0.0),
+])
+def test_macro_f1(truth: list[int], preds: list[int], expected: float) -> None:
+    assert macro_f1(truth, preds) == pytest.approx(expected)
