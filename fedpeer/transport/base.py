@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from google.protobuf.message import Message
+
 from fedpeer.wire.frames import AckInfo, Frame, PeerInfo, StatusInfo
 
-# Called with (peer address, serialized message) for every message this transport puts on the wire.
-# Used by the privacy test to inspect every byte that leaves a node.
-Recorder = Callable[[str, bytes], None]
+# Called with (peer, protobuf message) for every message this transport puts on the wire, just
+# before it is sent. The privacy test uses it to inspect every byte that leaves a node.
+Recorder = Callable[[str, Message], None]
 
 
 class MeshHandler(Protocol):

@@ -34,7 +34,7 @@ class _Servicer(pb_grpc.MeshServicer):
 
     def _out(self, peer: str, msg: Any) -> Any:
         if self.recorder is not None:
-            self.recorder(peer, msg.SerializeToString())
+            self.recorder(peer, msg)
         return msg
 
     def Handshake(self, request: pb.Hello, context: grpc.ServicerContext) -> pb.HelloReply:
@@ -125,7 +125,7 @@ class GrpcTransport(Transport):
 
     def _record(self, address: str, msg: Any) -> Any:
         if self.recorder is not None:
-            self.recorder(address, msg.SerializeToString())
+            self.recorder(address, msg)
         return msg
 
     def hello(self, address: str, me: PeerInfo, timeout: float) -> PeerInfo:

@@ -71,7 +71,7 @@ class MemoryTransport(Transport):
 
     def _record(self, address: str, msg: Any) -> Any:
         if self.recorder is not None:
-            self.recorder(address, msg.SerializeToString())
+            self.recorder(address, msg)
         return _wire(msg)
 
     def hello(self, address: str, me: PeerInfo, timeout: float) -> PeerInfo:
