@@ -390,6 +390,7 @@ class Node:
         self.copies.restore({j: ck.group(f"copy.{j}") for j in self.peers}, ck.meta["copies"])
         self.completed_round, self.seq = int(ck.meta["round"]), int(ck.meta["seq"])
         self.sent_round = int(ck.meta["sent_round"])
+        self.copies.set_round(self.completed_round)
         log.info("%s: resumed from %s at round %d (seq %d)", self.cfg.node_id, self.cfg.state_dir,
                  self.completed_round, self.seq)
 

@@ -17,17 +17,25 @@ from fedpeer.scenario.synth import DEMO_LABELS
 TEXTS = ["small left pleural effusion .", "no acute cardiopulmonary process", "hx fever"]
 
 
-@pytest.mark.parametrize(("arch", "task", "adapter"), [
-    ("llama", "causal-lm", {}),
-    ("llama", "causal-lm", {"use_local": False, "last_k_blocks": 1}),
-    ("bert", "seq-cls", {}),
-    ("bert", "seq-cls", {"head": "local", "train_global_a": True}),
-])
-def test_export_reproduces_logits(tiny_llama_dir: Path, tiny_bert_cls_dir: Path, tmp_path: Path, arch: str,
-                                  task: str, adapter: dict) -> None:
+@pytest.mark.parametrize(
+    ("arch", "task", "adapter"),
+    [
+        ("llama", "causal-lm", {}),
+        ("llama", "causal-lm", {"use_local": False, "last_k_blocks": 1}),
+        ("bert", "seq-cls", {}),
+        ("bert", "seq-cls", {"head": "local", "train_global_a": True}),
+    ],
+)
+def test_export_reproduces_logits(
+    tiny_llama_dir: Path, tiny_bert_cls_dir: Path, tmp_path: Path, arch: str, task: str, adapter: dict
+) -> None:
     path, labels = (tiny_llama_dir, ()) if arch == "llama" else (tiny_bert_cls_dir, DEMO_LABELS)
-    dual = load_dual_lora(ModelConfig(path=str(path), task=task, labels=labels),
-                          AdapterConfig(rank=4, alpha=8.0, **adapter), torch.device("cpu"), local_seed=3)
+    dual = load_dual_lora(
+        ModelConfig(path=str(path), task=task, labels=labels),
+        AdapterConfig(rank=4, alpha=8.0, **adapter),
+        torch.device("cpu"),
+        local_seed=3,
+    )
     # Non-zero B everywhere (and a changed head) so both adapters visibly shape the output.
     torch.manual_seed(0)
     dual.set_global_state({k: torch.randn_like(v) * 0.1 for k, v in dual.global_state().items()})

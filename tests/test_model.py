@@ -21,8 +21,9 @@ CPU = torch.device("cpu")
 def load(path: Path, task: str = "causal-lm", local_seed: int = 1, **adapter: object) -> DualLora:
     labels = DEMO_LABELS if task == "seq-cls" else ()
     adapter.setdefault("rank", 4)
-    return load_dual_lora(ModelConfig(path=str(path), task=task, labels=labels),
-                          AdapterConfig(**adapter), CPU, local_seed)  # type: ignore[arg-type]
+    return load_dual_lora(
+        ModelConfig(path=str(path), task=task, labels=labels), AdapterConfig(**adapter), CPU, local_seed
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=["llama-causal-lm", "bert-seq-cls"])
@@ -33,8 +34,14 @@ def model_case(request: pytest.FixtureRequest, tiny_llama_dir: Path, tiny_bert_c
 
 
 def batch(dual: DualLora) -> dict[str, torch.Tensor]:
-    return dict(dual.tokenizer(["small left pleural effusion .", "lungs are clear"], padding=True,
-                               return_tensors="pt", return_token_type_ids=False))
+    return dict(
+        dual.tokenizer(
+            ["small left pleural effusion .", "lungs are clear"],
+            padding=True,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+    )
 
 
 def params(dual: DualLora, part: str) -> dict[str, torch.nn.Parameter]:
@@ -64,8 +71,11 @@ def test_untrained_adapters_leave_base_outputs_unchanged(model_case: tuple) -> N
 
 
 def test_frozen_global_a_is_mesh_wide_and_local_a_is_per_site(tiny_llama_dir: Path) -> None:
-    one, two, again = load(tiny_llama_dir, local_seed=1), load(tiny_llama_dir, local_seed=2), \
-        load(tiny_llama_dir, local_seed=1)
+    one, two, again = (
+        load(tiny_llama_dir, local_seed=1),
+        load(tiny_llama_dir, local_seed=2),
+        load(tiny_llama_dir, local_seed=1),
+    )
     a_g = [params(d, "lora_A.global") for d in (one, two, again)]
     assert a_g[0] and all(torch.equal(a_g[0][n], a_g[i][n]) for i in (1, 2) for n in a_g[0])
     assert all(not p.requires_grad for p in a_g[0].values())
@@ -87,8 +97,9 @@ def test_global_keys_are_the_shared_part_only(model_case: tuple) -> None:
     assert not any("lora_A" in k for k in keys)
     state = dual.global_state()
     assert list(state) == keys
-    assert [(s.name, s.shape, s.dtype) for s in dual.global_specs()] == \
-        [(k, tuple(v.shape), "float32") for k, v in state.items()]
+    assert [(s.name, s.shape, s.dtype) for s in dual.global_specs()] == [
+        (k, tuple(v.shape), "float32") for k, v in state.items()
+    ]
     assert dual.num_global_parameters() == sum(v.numel() for v in state.values())
     assert not set(keys) & set(dual.local_state())
 
@@ -109,8 +120,13 @@ def test_global_only_model(tiny_llama_dir: Path) -> None:
 @pytest.mark.parametrize("k", [1, 2])
 def test_last_k_blocks_adapts_only_the_last_blocks(model_case: tuple, k: int) -> None:
     dual = load(*model_case, last_k_blocks=k)
-    blocks = {int(part) for key in dual.adapter_state() if "lora_" in key
-              for part in key.split(".") if part.isdigit()}
+    blocks = {
+        int(part)
+        for key in dual.adapter_state()
+        if "lora_" in key
+        for part in key.split(".")
+        if part.isdigit()
+    }
     assert blocks == set(range(2 - k, 2))
 
 
@@ -123,6 +139,16 @@ def test_head_scope(tiny_bert_cls_dir: Path) -> None:
     for dual in (shared, private):
         trainable = {id(p) for p in dual.trainable_parameters()}
         assert all(id(p) in trainable and p.requires_grad for p in params(dual, "classifier").values())
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_fresh_head_is_seeded(tiny_llama_dir: Path, scope: str) -> None:
+    # A causal-LM checkpoint has no `score` head: it is created from the mesh seed (global) or site seed.
+    one, two = (load(tiny_llama_dir, "seq-cls", local_seed=s, head=scope) for s in (1, 2))
+    same_head = torch.equal(one.adapter_state()["score.weight"], two.adapter_state()["score.weight"])
+    assert same_head is (scope == "global")
+    assert one.adapter_state()["score.weight"].abs().sum() > 0
+    assert one.fingerprint() == two.fingerprint()
 
 
 def test_set_global_state_round_trip(model_case: tuple) -> None:
@@ -160,32 +186,47 @@ def test_adapter_state_restores_the_whole_model(tiny_bert_cls_dir: Path) -> None
     for d in (trained, fresh):
         d.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(fresh.model(**batch(fresh)).logits, trained.model(**batch(trained)).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            fresh.model(**batch(fresh)).logits, trained.model(**batch(trained)).logits, rtol=0, atol=0
+        )
     with pytest.raises(ModelError):
         fresh.load_adapter_state(trained.global_state())
 
 
 @pytest.fixture(scope="module")
 def other_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-seed1"), arch="llama", task="causal-lm",
-                            corpus=demo_corpus(), seed=1)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny-llama-seed1"),
+        arch="llama",
+        task="causal-lm",
+        corpus=demo_corpus(),
+        seed=1,
+    )
 
 
-@pytest.mark.parametrize(("change", "same"), [
-    ("nothing", True),
-    ("local_seed", True),
-    ("copied_dir", True),
-    ("rank", False),
-    ("target_modules", False),
-    ("last_k_blocks", False),
-    ("mesh_seed", False),
-    ("train_global_a", False),
-    ("base_weights", False),
-    ("protocol", False),
-])
-def test_fingerprint(tiny_llama_dir: Path, other_weights_dir: Path, tmp_path: Path,
-                     monkeypatch: pytest.MonkeyPatch, change: str, same: bool) -> None:
+@pytest.mark.parametrize(
+    ("change", "same"),
+    [
+        ("nothing", True),
+        ("local_seed", True),
+        ("copied_dir", True),
+        ("rank", False),
+        ("target_modules", False),
+        ("last_k_blocks", False),
+        ("mesh_seed", False),
+        ("train_global_a", False),
+        ("base_weights", False),
+        ("protocol", False),
+    ],
+)
+def test_fingerprint(
+    tiny_llama_dir: Path,
+    other_weights_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    change: str,
+    same: bool,
+) -> None:
     reference = load(tiny_llama_dir)
     path, seed, adapter = tiny_llama_dir, 1, {}
     if change == "local_seed":
@@ -197,8 +238,13 @@ def test_fingerprint(tiny_llama_dir: Path, other_weights_dir: Path, tmp_path: Pa
     elif change == "protocol":
         monkeypatch.setattr(fedpeer, "PROTOCOL_VERSION", fedpeer.PROTOCOL_VERSION + 1)
     elif change != "nothing":
-        adapter = {"rank": 8, "target_modules": ("q_proj", "k_proj", "v_proj"), "last_k_blocks": 1,
-                   "mesh_seed": 3, "train_global_a": True}
+        adapter = {
+            "rank": 8,
+            "target_modules": ("q_proj", "k_proj", "v_proj"),
+            "last_k_blocks": 1,
+            "mesh_seed": 3,
+            "train_global_a": True,
+        }
         adapter = {change: adapter[change]}
     other = load(path, local_seed=seed, **adapter)
     assert (other.fingerprint() == reference.fingerprint()) is same
@@ -214,17 +260,20 @@ def test_fingerprint_fields_are_readable(tiny_llama_dir: Path) -> None:
     assert fields["protocol"] == str(fedpeer.PROTOCOL_VERSION) and fields["mesh_seed"] == "0"
 
 
-@pytest.mark.parametrize(("adapter", "message"), [
-    ({"target_modules": ("nope",)}, "target_modules"),
-    ({"last_k_blocks": 3}, "only 2 blocks"),
-])
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [
+        ({"target_modules": ("nope",)}, "target_modules"),
+        ({"last_k_blocks": 3}, "only 2 blocks"),
+    ],
+)
 def test_bad_adapter_config(tiny_llama_dir: Path, adapter: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         load(tiny_llama_dir, **adapter)
 
 
 def test_missing_model_path(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="local model directory"):
+    with pytest.raises(ModelError, match="no such directory"):
         load(tmp_path / "no-such-model")
 
 

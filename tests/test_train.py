@@ -23,20 +23,32 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sites")
-    return {task: write_demo_sites(root / task, 1, task=task, n_train=48, n_eval=16)[0]
-            for task in ("causal-lm", "seq-cls")}
+    return {
+        task: write_demo_sites(root / task, 1, task=task, n_train=48, n_eval=16)[0]
+        for task in ("causal-lm", "seq-cls")
+    }
 
 
 @pytest.fixture(params=["causal-lm", "seq-cls"])
-def setup(request: pytest.FixtureRequest, tiny_llama_dir: Path, tiny_bert_cls_dir: Path,
-          sites: dict[str, Path]) -> tuple[ModelConfig, AdapterConfig, TrainConfig]:
+def setup(
+    request: pytest.FixtureRequest, tiny_llama_dir: Path, tiny_bert_cls_dir: Path, sites: dict[str, Path]
+) -> tuple[ModelConfig, AdapterConfig, TrainConfig]:
     task = request.param
     path, labels = (tiny_llama_dir, ()) if task == "causal-lm" else (tiny_bert_cls_dir, DEMO_LABELS)
     site = sites[task]
-    return (ModelConfig(path=str(path), task=task, labels=labels),
-            AdapterConfig(rank=4, alpha=8.0, dropout=0.1),
-            TrainConfig(data=str(site / "train.jsonl"), eval_data=str(site / "eval.jsonl"), steps_per_round=3,
-                        batch_size=8, lr=5e-3, max_length=64, device="cpu"))
+    return (
+        ModelConfig(path=str(path), task=task, labels=labels),
+        AdapterConfig(rank=4, alpha=8.0, dropout=0.1),
+        TrainConfig(
+            data=str(site / "train.jsonl"),
+            eval_data=str(site / "eval.jsonl"),
+            steps_per_round=3,
+            batch_size=8,
+            lr=5e-3,
+            max_length=64,
+            device="cpu",
+        ),
+    )
 
 
 def trainer(setup: tuple, **train: object) -> LocalTrainer:
@@ -132,8 +144,12 @@ def test_eval_split_from_train_file_when_no_eval_file(setup: tuple) -> None:
 
 def test_causal_lm_batch_masks_padding(tiny_llama_dir: Path) -> None:
     dual = load_dual_lora(ModelConfig(path=str(tiny_llama_dir)), AdapterConfig(rank=2), CPU, 0)
-    batch = make_batch([Example("no acute process"), Example("small left pleural effusion with atelectasis")],
-                       dual.tokenizer, "causal-lm", 32)
+    batch = make_batch(
+        [Example("no acute process"), Example("small left pleural effusion with atelectasis")],
+        dual.tokenizer,
+        "causal-lm",
+        32,
+    )
     mask = batch["attention_mask"] == 0
     assert mask.any()
     assert (batch["labels"][mask] == IGNORE_INDEX).all()
@@ -141,17 +157,22 @@ def test_causal_lm_batch_masks_padding(tiny_llama_dir: Path) -> None:
     assert "token_type_ids" not in batch
 
 
-@pytest.mark.parametrize(("rows", "message"), [
-    ([], "no examples"),
-    (['{"text": "ok", "label": "normal"}', "{not json"], r"data.jsonl:2: not valid JSON"),
-    (['["a list"]'], r"data.jsonl:1: expected a JSON object"),
-    ([{"label": "normal"}], r"data.jsonl:1: \"text\" must be"),
-    ([{"text": "ok"}], r"data.jsonl:1: seq-cls lines need a \"label\""),
-    ([{"text": "ok", "label": "normal"}, "", {"text": "ok", "label": "fracture"}],
-     r"data.jsonl:3: unknown label 'fracture'"),
-    ([{"text": "ok", "label": 4}], r"data.jsonl:1: unknown label 4"),
-    ([{"text": "ok", "label": True}], r"data.jsonl:1: unknown label True"),
-])
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([], "no examples"),
+        (['{"text": "ok", "label": "normal"}', "{not json"], r"data.jsonl:2: not valid JSON"),
+        (['["a list"]'], r"data.jsonl:1: expected a JSON object"),
+        ([{"label": "normal"}], r"data.jsonl:1: \"text\" must be"),
+        ([{"text": "ok"}], r"data.jsonl:1: seq-cls lines need a \"label\""),
+        (
+            [{"text": "ok", "label": "normal"}, "", {"text": "ok", "label": "fracture"}],
+            r"data.jsonl:3: unknown label 'fracture'",
+        ),
+        ([{"text": "ok", "label": 4}], r"data.jsonl:1: unknown label 4"),
+        ([{"text": "ok", "label": True}], r"data.jsonl:1: unknown label True"),
+    ],
+)
 def test_data_errors_name_file_and_line(jsonl, rows: list, message: str) -> None:
     path = jsonl("data.jsonl", rows)
     with pytest.raises(DataError, match=message):
@@ -168,11 +189,14 @@ def test_missing_data_file(tmp_path: Path) -> None:
         read_jsonl(tmp_path / "absent.jsonl", "causal-lm")
 
 
-@pytest.mark.parametrize(("truth", "preds", "expected"), [
-    ([0, 1, 2], [0, 1, 2], 1.0),
-    ([0, 0, 1, 1], [0, 1, 1, 1], (2 / 3 + 4 / 5) / 2),
-    ([0, 0], [1, 1], 0.0),  # class 1 only predicted still counts
-    ([], [], 0.0),
-])
+@pytest.mark.parametrize(
+    ("truth", "preds", "expected"),
+    [
+        ([0, 1, 2], [0, 1, 2], 1.0),
+        ([0, 0, 1, 1], [0, 1, 1, 1], (2 / 3 + 4 / 5) / 2),
+        ([0, 0], [1, 1], 0.0),  # class 1 only predicted still counts
+        ([], [], 0.0),
+    ],
+)
 def test_macro_f1(truth: list[int], preds: list[int], expected: float) -> None:
     assert macro_f1(truth, preds) == pytest.approx(expected)

@@ -42,14 +42,20 @@ GLOBAL, LOCAL = "global", "local"
 _PEFT_PREFIX = "base_model.model."
 HEAD_NAMES = ("classifier", "score", "classification_head")
 # Tried in order when the architecture is unknown to peft: attention projections of common families.
-_TARGET_CANDIDATES = (("q_proj", "v_proj"), ("query", "value"), ("c_attn",), ("qkv_proj",), ("Wqkv",),
-                      ("query_key_value",))
-# Bytes of each base parameter that enter the weights hash: cheap, yet any re-init or other checkpoint differs.
+_TARGET_CANDIDATES = (
+    ("q_proj", "v_proj"),
+    ("query", "value"),
+    ("c_attn",),
+    ("qkv_proj",),
+    ("Wqkv",),
+    ("query_key_value",),
+)
+# Leading elements of each base parameter hashed: cheap, yet another checkpoint or a re-init differs.
 _HASH_ELEMENTS = 256
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else is parsed by torch and checked."""
+    """ "auto" -> cuda when available, else cpu; anything else is parsed by torch and checked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -57,8 +63,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ModelError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {name!r} asked for but CUDA is not available: set train.device = \"cpu\" "
-                         "or \"auto\"")
+        raise ModelError(
+            f'device {name!r} asked for but CUDA is not available: set train.device = "cpu" or "auto"'
+        )
     return device
 
 
@@ -75,8 +82,15 @@ class _Roles:
 class DualLora:
     """The site's model: frozen base + global and local LoRA adapters, with state in/out by role."""
 
-    def __init__(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, task: str,
-                 roles: _Roles, fields: dict[str, str]) -> None:
+    def __init__(
+        self,
+        model: PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
+        device: torch.device,
+        task: str,
+        roles: _Roles,
+        fields: dict[str, str],
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -148,19 +162,24 @@ class DualLora:
         missing = [k for k in keys if k not in state]
         extra = sorted(set(state) - set(keys))
         if missing or extra:
-            raise ModelError(f"{what} state does not fit this model: missing {missing[:3]}, unexpected "
-                             f"{extra[:3]} (was it saved with another adapter config?)")
+            raise ModelError(
+                f"{what} state does not fit this model: missing {missing[:3]}, unexpected "
+                f"{extra[:3]} (was it saved with another adapter config?)"
+            )
         for k in keys:
             if tuple(state[k].shape) != tuple(self._params[k].shape):
-                raise ModelError(f"{what} state: {k} has shape {tuple(state[k].shape)}, the model expects "
-                                 f"{tuple(self._params[k].shape)}")
+                raise ModelError(
+                    f"{what} state: {k} has shape {tuple(state[k].shape)}, the model expects "
+                    f"{tuple(self._params[k].shape)}"
+                )
         with torch.no_grad():
             for k in keys:
                 self._params[k].copy_(state[k])
 
 
-def load_dual_lora(model: ModelConfig, adapter: AdapterConfig, device: torch.device,
-                   local_seed: int) -> DualLora:
+def load_dual_lora(
+    model: ModelConfig, adapter: AdapterConfig, device: torch.device, local_seed: int
+) -> DualLora:
     """Load the base model and tokenizer from `model.path` and attach the global and local adapters.
 
     A_g comes from `adapter.mesh_seed` (identical on every site); A_l and a fresh local head come from
@@ -177,7 +196,7 @@ def load_dual_lora(model: ModelConfig, adapter: AdapterConfig, device: torch.dev
             p.requires_grad_(False)
         targets = _resolve_targets(base, adapter.target_modules)
         layers, pattern = _last_blocks(base, adapter.last_k_blocks)
-        fields = _fingerprint_fields(base, tokenizer, model, adapter, targets, layers)
+        fields = _fingerprint_fields(base, tokenizer, model, adapter, targets, layers, head)
         peft_model = _attach_adapters(base, adapter, targets, layers, pattern)
         roles = _assign_roles(peft_model, adapter, head)
         _init_lora_a(peft_model, f"{GLOBAL}/{adapter.mesh_seed}", f"{LOCAL}/{local_seed}")
@@ -192,22 +211,28 @@ def _load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     kwargs: dict[str, Any] = {"dtype": getattr(torch, cfg.dtype), "output_loading_info": True}
     if cfg.task == "seq-cls":
         cls: Any = AutoModelForSequenceClassification
-        kwargs.update(num_labels=len(cfg.labels), id2label=dict(enumerate(cfg.labels)),
-                      label2id={name: i for i, name in enumerate(cfg.labels)},
-                      ignore_mismatched_sizes=True)  # a checkpoint's head for other classes is replaced
+        labels = dict(enumerate(cfg.labels))
+        # ignore_mismatched_sizes: a checkpoint's head for other classes is replaced by a fresh one.
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=labels,
+            ignore_mismatched_sizes=True,
+            label2id={name: i for i, name in labels.items()},
+        )
     else:
         cls = AutoModelForCausalLM
+    hint = "Give a local model directory or a model id available offline (HF_HUB_OFFLINE=1 uses the cache)."
+    if cfg.path.startswith(("/", ".", "~")) and not Path(cfg.path).expanduser().exists():
+        raise ModelError(f"model.path {cfg.path!r}: no such directory. {hint}")
     try:
         base, info = cls.from_pretrained(cfg.path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(cfg.path)
     except (OSError, ValueError, KeyError) as exc:
-        where = "directory" if Path(cfg.path).exists() else "path (no such directory)"
-        raise ModelError(f"cannot load model {cfg.path!r} ({where}): {str(exc).splitlines()[0]}. Give a local "
-                         "model directory or a model id available offline (HF_HUB_OFFLINE=1 uses the local "
-                         "cache).") from None
+        reason = str(exc).splitlines()[0].rstrip(".")
+        raise ModelError(f"cannot load model {cfg.path!r}: {reason}. {hint}") from None
     _ensure_pad_token(base, tokenizer)
-    reinit = {k for k in (*info["missing_keys"], *(m[0] if isinstance(m, tuple) else m
-                                                    for m in info["mismatched_keys"]))}
+    # mismatched_keys holds (name, checkpoint shape, model shape) tuples.
+    reinit = [*info["missing_keys"], *(m[0] for m in info["mismatched_keys"])]
     fresh_head = any(k.split(".")[0] in HEAD_NAMES for k in reinit)
     return base, tokenizer, fresh_head
 
@@ -231,8 +256,10 @@ def _find_head(base: PreTrainedModel) -> str:
     for name in HEAD_NAMES:
         if name in children:
             return name
-    raise ModelError(f"no classification head found (looked for {', '.join(HEAD_NAMES)} among "
-                     f"{', '.join(children)}); this architecture is not supported for seq-cls")
+    raise ModelError(
+        f"no classification head found (looked for {', '.join(HEAD_NAMES)} among "
+        f"{', '.join(children)}); this architecture is not supported for seq-cls"
+    )
 
 
 def _init_head(base: PreTrainedModel, head: str, seed_text: str) -> None:
@@ -249,12 +276,16 @@ def _init_head(base: PreTrainedModel, head: str, seed_text: str) -> None:
 
 # --- LoRA layout ------------------------------------------------------------------------------------
 def _resolve_targets(base: PreTrainedModel, requested: tuple[str, ...]) -> tuple[str, ...]:
-    leaves = {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)}
+    leaves = {
+        n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)
+    }
     if requested:
         unknown = [t for t in requested if t not in leaves]
         if unknown:
-            raise ModelError(f"adapter.target_modules {unknown} not found in the model; linear layers are: "
-                             f"{', '.join(sorted(leaves))}")
+            raise ModelError(
+                f"adapter.target_modules {unknown} not found in the model; linear layers are: "
+                f"{', '.join(sorted(leaves))}"
+            )
         return tuple(sorted(requested))
     try:
         from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
@@ -264,8 +295,10 @@ def _resolve_targets(base: PreTrainedModel, requested: tuple[str, ...]) -> tuple
     for names in candidates:
         if names and all(n in leaves for n in names):
             return tuple(sorted(names))
-    raise ModelError(f"cannot pick LoRA target modules for model type {base.config.model_type!r}: set "
-                     f"adapter.target_modules to some of {', '.join(sorted(leaves))}")
+    raise ModelError(
+        f"cannot pick LoRA target modules for model type {base.config.model_type!r}: set "
+        f"adapter.target_modules to some of {', '.join(sorted(leaves))}"
+    )
 
 
 def _last_blocks(base: PreTrainedModel, k: int) -> tuple[list[int] | None, str | None]:
@@ -284,15 +317,27 @@ def _last_blocks(base: PreTrainedModel, k: int) -> tuple[list[int] | None, str |
     return list(range(n - k, n)), lists[0].rsplit(".", 1)[-1]
 
 
-def _lora_config(adapter: AdapterConfig, targets: tuple[str, ...], layers: list[int] | None,
-                 pattern: str | None) -> LoraConfig:
-    return LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-                      target_modules=list(targets), layers_to_transform=layers, layers_pattern=pattern,
-                      bias="none")
+def _lora_config(
+    adapter: AdapterConfig, targets: tuple[str, ...], layers: list[int] | None, pattern: str | None
+) -> LoraConfig:
+    return LoraConfig(
+        r=adapter.rank,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=list(targets),
+        layers_to_transform=layers,
+        layers_pattern=pattern,
+        bias="none",
+    )
 
 
-def _attach_adapters(base: PreTrainedModel, adapter: AdapterConfig, targets: tuple[str, ...],
-                     layers: list[int] | None, pattern: str | None) -> PeftModel:
+def _attach_adapters(
+    base: PreTrainedModel,
+    adapter: AdapterConfig,
+    targets: tuple[str, ...],
+    layers: list[int] | None,
+    pattern: str | None,
+) -> PeftModel:
     # No task_type: peft would then add the head to modules_to_save, which breaks with two active adapters.
     model = get_peft_model(base, _lora_config(adapter, targets, layers, pattern), adapter_name=GLOBAL)
     if adapter.use_local:
@@ -353,18 +398,26 @@ def _check_roles(roles: _Roles, params: Mapping[str, torch.Tensor]) -> None:
 
 
 # --- fingerprint ------------------------------------------------------------------------------------
-def _fingerprint_fields(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model: ModelConfig,
-                        adapter: AdapterConfig, targets: tuple[str, ...],
-                        layers: list[int] | None) -> dict[str, str]:
+def _fingerprint_fields(
+    base: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model: ModelConfig,
+    adapter: AdapterConfig,
+    targets: tuple[str, ...],
+    layers: list[int] | None,
+    head: str | None,
+) -> dict[str, str]:
     layer_text = "all" if layers is None else ",".join(map(str, layers))
-    head = adapter.head if model.task == "seq-cls" else "none"
+    head_scope = adapter.head if head is not None else "none"
     return {
         "base_name": Path(str(base.config.name_or_path or model.path)).name,
         "base_config": _config_hash(base),
-        "base_weights": f"{model.dtype}:{_weights_hash(base)}",
+        "base_weights": f"{model.dtype}:{_weights_hash(base, head)}",
         "tokenizer": _tokenizer_hash(tokenizer),
-        "lora": (f"rank={adapter.rank} alpha={adapter.alpha:g} targets={','.join(targets)} layers={layer_text} "
-                 f"train_global_a={adapter.train_global_a} head={head}"),
+        "lora": (
+            f"rank={adapter.rank} alpha={adapter.alpha:g} targets={','.join(targets)} layers={layer_text} "
+            f"train_global_a={adapter.train_global_a} head={head_scope}"
+        ),
         "mesh_seed": str(adapter.mesh_seed),
         "protocol": str(fedpeer.PROTOCOL_VERSION),
     }
@@ -372,17 +425,23 @@ def _fingerprint_fields(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
 def _config_hash(base: PreTrainedModel) -> str:
     # Where the model sits and which library wrote it do not change what it computes.
-    config = {k: v for k, v in base.config.to_dict().items()
-              if k not in ("_name_or_path", "transformers_version", "_commit_hash")}
+    config = {
+        k: v
+        for k, v in base.config.to_dict().items()
+        if k not in ("_name_or_path", "transformers_version", "_commit_hash")
+    }
     return _short_hash(json.dumps(config, sort_keys=True, default=str).encode())
 
 
-def _weights_hash(base: PreTrainedModel) -> str:
+def _weights_hash(base: PreTrainedModel, head: str | None) -> str:
+    # The head is left out: a fresh local head is site-specific by design; its shape is in the config hash.
     h = hashlib.sha256()
     for name, p in sorted(base.named_parameters()):
-        head = p.detach().reshape(-1)[:_HASH_ELEMENTS].cpu().contiguous()
+        if head is not None and name.startswith(f"{head}."):
+            continue
+        first = p.detach().reshape(-1)[:_HASH_ELEMENTS].cpu().contiguous()
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-        h.update(head.view(torch.uint8).numpy().tobytes())
+        h.update(first.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 

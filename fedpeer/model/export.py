@@ -50,13 +50,16 @@ def export_peft(dual: DualLora, out_dir: str | Path) -> Path:
     config.inference_mode = True
     config.base_model_name_or_path = dual.model.get_base_model().config.name_or_path
     config.save_pretrained(str(out))
-    save_file(_combined_tensors(state, adapters, dual.head), str(out / _ADAPTER_FILE), metadata={"format": "pt"})
+    save_file(
+        _combined_tensors(state, adapters, dual.head), str(out / _ADAPTER_FILE), metadata={"format": "pt"}
+    )
     (out / "README.md").write_text(_readme(dual, config.r, out))
     return out
 
 
-def _combined_tensors(state: dict[str, torch.Tensor], adapters: list[str],
-                      head: str | None) -> dict[str, torch.Tensor]:
+def _combined_tensors(
+    state: dict[str, torch.Tensor], adapters: list[str], head: str | None
+) -> dict[str, torch.Tensor]:
     suffix = f".lora_A.{GLOBAL}.weight"
     modules = sorted(k[: -len(suffix)] for k in state if k.endswith(suffix))
     out = {}

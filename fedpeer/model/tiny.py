@@ -57,9 +57,16 @@ def build_tiny_model(
     out = Path(out_dir)
     lines = list(corpus)
     info = {
-        "version": _INFO_VERSION, "arch": arch, "task": task, "labels": list(labels),
-        "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
-        "intermediate_size": intermediate_size, "max_position": max_position, "seed": seed,
+        "version": _INFO_VERSION,
+        "arch": arch,
+        "task": task,
+        "labels": list(labels),
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "intermediate_size": intermediate_size,
+        "max_position": max_position,
+        "seed": seed,
         "corpus_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
     }
     if _is_built(out, info):

@@ -49,10 +49,16 @@ _COMPARISONS = ("none", "prior study from last year", "radiograph from last mont
 _STYLES: tuple[dict, ...] = (
     {"head": ("indication :", "findings :", "impression :"), "order": (0, 1, 2), "abbrev": {}},
     {"head": ("hx", "fdgs", "imp"), "order": (1, 2, 0), "abbrev": {"pleural": "pl", "bilateral": "bilat"}},
-    {"head": ("clinical history ;", "report ;", "conclusion ;"), "order": (0, 2, 1),
-     "abbrev": {"right": "rt", "left": "lt"}},
-    {"head": ("reason", "result", "summary"), "order": (2, 1, 0),
-     "abbrev": {"consolidation": "consol", "cardiomegaly": "cmg", "without": "w/o"}},
+    {
+        "head": ("clinical history ;", "report ;", "conclusion ;"),
+        "order": (0, 2, 1),
+        "abbrev": {"right": "rt", "left": "lt"},
+    },
+    {
+        "head": ("reason", "result", "summary"),
+        "order": (2, 1, 0),
+        "abbrev": {"consolidation": "consol", "cardiomegaly": "cmg", "without": "w/o"},
+    },
 )
 
 
@@ -93,8 +99,9 @@ def _write_jsonl(path: Path, rows: Iterator[dict]) -> None:
             fh.write(json.dumps(row) + "\n")
 
 
-def write_demo_sites(out_dir: str | Path, n_sites: int, *, task: str, seed: int = 0, n_train: int = 200,
-                     n_eval: int = 50) -> list[Path]:
+def write_demo_sites(
+    out_dir: str | Path, n_sites: int, *, task: str, seed: int = 0, n_train: int = 200, n_eval: int = 50
+) -> list[Path]:
     """Write `site{i}/train.jsonl` and `site{i}/eval.jsonl` for `n_sites` sites; returns the site dirs.
 
     Deterministic for (n_sites, task, seed, n_train, n_eval).

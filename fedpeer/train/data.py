@@ -49,10 +49,10 @@ def _parse_line(line: str, task: str, labels: Sequence[str], where: str) -> Exam
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object with a \"text\" field")
+        raise DataError(f'{where}: expected a JSON object with a "text" field')
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: \"text\" must be a non-empty string")
+        raise DataError(f'{where}: "text" must be a non-empty string')
     if task != "seq-cls":
         return Example(text)
     return Example(text, _label_index(row.get("label"), labels, where))
@@ -64,17 +64,22 @@ def _label_index(value: object, labels: Sequence[str], where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
         return value
     if value is None:
-        raise DataError(f"{where}: seq-cls lines need a \"label\" field (one of {', '.join(labels)})")
-    raise DataError(f"{where}: unknown label {value!r}; model.labels are {', '.join(labels)} "
-                    f"(or their index 0..{len(labels) - 1})")
+        raise DataError(f'{where}: seq-cls lines need a "label" field (one of {", ".join(labels)})')
+    raise DataError(
+        f"{where}: unknown label {value!r}; model.labels are {', '.join(labels)} "
+        f"(or their index 0..{len(labels) - 1})"
+    )
 
 
-def split_examples(examples: Sequence[Example], eval_fraction: float,
-                   seed: int) -> tuple[list[Example], list[Example]]:
+def split_examples(
+    examples: Sequence[Example], eval_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
     """Hold out round(eval_fraction * n) examples (at least one), chosen by `seed`."""
     if len(examples) < 2:
-        raise DataError(f"need at least 2 examples to hold out an eval set, got {len(examples)}; "
-                        "add data or set train.eval_data")
+        raise DataError(
+            f"need at least 2 examples to hold out an eval set, got {len(examples)}; "
+            "add data or set train.eval_data"
+        )
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     n_eval = min(len(examples) - 1, max(1, round(eval_fraction * len(examples))))
@@ -91,11 +96,21 @@ def load_site_data(model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple[list
     return split_examples(examples, train_cfg.eval_fraction, train_cfg.seed)
 
 
-def make_batch(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, task: str, max_length: int,
-               input_names: Sequence[str] = ("input_ids", "attention_mask")) -> dict[str, torch.Tensor]:
+def make_batch(
+    examples: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    task: str,
+    max_length: int,
+    input_names: Sequence[str] = ("input_ids", "attention_mask"),
+) -> dict[str, torch.Tensor]:
     """Tokenize and pad to the longest example of this batch; add `labels` for the task."""
-    enc = tokenizer([e.text for e in examples], truncation=True, max_length=max_length, padding="longest",
-                    return_tensors="pt")
+    enc = tokenizer(
+        [e.text for e in examples],
+        truncation=True,
+        max_length=max_length,
+        padding="longest",
+        return_tensors="pt",
+    )
     batch = {k: v for k, v in enc.items() if k in input_names}
     if task == "seq-cls":
         batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)

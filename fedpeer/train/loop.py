@@ -42,7 +42,7 @@ class BatchOrder:
         if self.pos >= self.n:
             self.epoch, self.pos = self.epoch + 1, 0
             self._perm = self._permutation(self.epoch)
-        batch = self._perm[self.pos:self.pos + self.batch_size]
+        batch = self._perm[self.pos : self.pos + self.batch_size]
         self.pos += len(batch)
         return batch
 
@@ -120,30 +120,48 @@ class LocalTrainer:
     # --- checkpoint ---------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Optimizer moments as `optim.<param_index>.<name>`, and the private dropout RNG state."""
-        out = {f"{_OPTIM_PREFIX}{i}.{name}": t.detach().clone()
-               for i, state in self._optim.state_dict()["state"].items() for name, t in state.items()
-               if isinstance(t, torch.Tensor)}
+        out = {
+            f"{_OPTIM_PREFIX}{i}.{name}": t.detach().clone()
+            for i, state in self._optim.state_dict()["state"].items()
+            for name, t in state.items()
+            if isinstance(t, torch.Tensor)
+        }
         out.update({k: v.clone() for k, v in self._rng.items()})
         return out
 
     def state_meta(self) -> dict[str, Any]:
         """JSON-able: optimizer hyperparameters, counters and the position of the batch iterator."""
-        groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
-                  for g in self._optim.state_dict()["param_groups"]]
-        return {"param_groups": groups, "rounds": self.rounds, "steps": self.steps,
-                "epoch": self._order.epoch, "pos": self._order.pos, "seed": self._order.seed,
-                "num_params": len(self._params)}
+        groups = [
+            {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
+            for g in self._optim.state_dict()["param_groups"]
+        ]
+        return {
+            "param_groups": groups,
+            "rounds": self.rounds,
+            "steps": self.steps,
+            "epoch": self._order.epoch,
+            "pos": self._order.pos,
+            "seed": self._order.seed,
+            "num_params": len(self._params),
+        }
 
     def load_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
         """Restore what `state_tensors` / `state_meta` saved; training then continues identically."""
         if meta.get("num_params") != len(self._params):
-            raise CheckpointError(f"trainer state is for {meta.get('num_params')} trainable tensors, this model has "
-                            f"{len(self._params)}: the checkpoint belongs to another adapter config")
+            raise CheckpointError(
+                f"trainer state is for {meta.get('num_params')} trainable tensors, this model has "
+                f"{len(self._params)}: the checkpoint belongs to another adapter config"
+            )
         groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
         self._optim.load_state_dict({"state": _unflatten_optim(tensors), "param_groups": groups})
         self._rng = {k: tensors[k].clone() for k in (_RNG_CPU, _RNG_CUDA) if k in tensors} or self._rng
-        self._order = BatchOrder(len(self.train_examples), self.cfg.batch_size, int(meta["seed"]),
-                                 int(meta["epoch"]), int(meta["pos"]))
+        self._order = BatchOrder(
+            len(self.train_examples),
+            self.cfg.batch_size,
+            int(meta["seed"]),
+            int(meta["epoch"]),
+            int(meta["pos"]),
+        )
         self.rounds, self.steps = int(meta["rounds"]), int(meta["steps"])
 
 
@@ -151,7 +169,7 @@ def _unflatten_optim(tensors: Mapping[str, torch.Tensor]) -> dict[int, dict[str,
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         if key.startswith(_OPTIM_PREFIX):
-            index, name = key[len(_OPTIM_PREFIX):].split(".", 1)
+            index, name = key[len(_OPTIM_PREFIX) :].split(".", 1)
             state.setdefault(int(index), {})[name] = t.clone()
     return state
 
@@ -189,8 +207,11 @@ def _private_rng(state: dict[str, torch.Tensor], device: torch.device) -> Iterat
 
 
 def _cuda_devices(device: torch.device) -> list[int]:
-    return [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    return (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
 
 
 def _loss_sum(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[float, int]:
@@ -226,4 +247,4 @@ def macro_f1(truth: Sequence[int], preds: Sequence[int]) -> float:
 
 def _chunks(examples: Sequence[Example], size: int) -> Iterator[Sequence[Example]]:
     for start in range(0, len(examples), size):
-        yield examples[start:start + size]
+        yield examples[start : start + size]
