@@ -51,9 +51,9 @@ def setup(
     )
 
 
-def trainer(setup: tuple, **train: object) -> LocalTrainer:
+def trainer(setup: tuple, device: torch.device = CPU, **train: object) -> LocalTrainer:
     model_cfg, adapter_cfg, train_cfg = setup
-    dual = load_dual_lora(model_cfg, adapter_cfg, CPU, local_seed=1)
+    dual = load_dual_lora(model_cfg, adapter_cfg, device, local_seed=1)
     return LocalTrainer(dual, model_cfg, dataclasses.replace(train_cfg, **train))
 
 
@@ -100,16 +100,27 @@ def test_eval_metrics(setup: tuple) -> None:
 
 
 def test_resume_continues_identically(setup: tuple) -> None:
-    straight = trainer(setup)
-    straight_losses = [straight.train_round() for _ in range(3)]
+    check_resume(setup, CPU)
 
-    first = trainer(setup)
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_continues_identically_on_cuda(setup: tuple) -> None:
+    check_resume(setup, torch.device("cuda"))
+
+
+def check_resume(setup: tuple, device: torch.device) -> None:
+    straight = trainer(setup, device)
+    straight_losses = [straight.train_round() for _ in range(3)]
+    assert all(v.device.type == device.type for v in straight.dual.global_state().values())
+
+    first = trainer(setup, device)
     first_losses = [first.train_round() for _ in range(2)]
     # Round-trip the meta through JSON, as a checkpoint would.
     tensors, meta = first.state_tensors(), json.loads(json.dumps(first.state_meta()))
     adapters = first.dual.adapter_state()
     torch.manual_seed(1234)  # whatever the process did in between must not matter
-    resumed = trainer(setup)
+    resumed = trainer(setup, device)
     resumed.dual.load_adapter_state(adapters)
     resumed.load_state(tensors, meta)
     losses = first_losses + [resumed.train_round()]

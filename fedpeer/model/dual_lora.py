@@ -16,14 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, LoraModel, PeftModel, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -80,7 +81,12 @@ class _Roles:
 
 
 class DualLora:
-    """The site's model: frozen base + global and local LoRA adapters, with state in/out by role."""
+    """The site's model: frozen base + global and local LoRA adapters, with state in/out by role.
+
+    Attributes: `model` (the PeftModel, call it like the transformers model), `tokenizer`, `device`,
+    `task` ("causal-lm" | "seq-cls") and `head` (the seq-cls head's module name, else None).
+    Tensor names are the model's parameter names without peft's "base_model.model." prefix.
+    """
 
     def __init__(
         self,
@@ -100,6 +106,11 @@ class DualLora:
         self._fields = dict(fields)
         self._params = {_strip(n): p for n, p in model.named_parameters()}
         _check_roles(roles, self._params)
+
+    @property
+    def base_model(self) -> PreTrainedModel:
+        """The transformers model inside the PeftModel (LoRA layers injected)."""
+        return cast(PreTrainedModel, self.model.get_base_model())
 
     # --- what travels -------------------------------------------------------------------------------
     def global_keys(self) -> list[str]:
@@ -322,7 +333,7 @@ def _lora_config(
 ) -> LoraConfig:
     return LoraConfig(
         r=adapter.rank,
-        lora_alpha=adapter.alpha,
+        lora_alpha=adapter.alpha,  # type: ignore[arg-type]  # peft divides alpha by r: floats work
         lora_dropout=adapter.dropout,
         target_modules=list(targets),
         layers_to_transform=layers,
@@ -339,10 +350,13 @@ def _attach_adapters(
     pattern: str | None,
 ) -> PeftModel:
     # No task_type: peft would then add the head to modules_to_save, which breaks with two active adapters.
-    model = get_peft_model(base, _lora_config(adapter, targets, layers, pattern), adapter_name=GLOBAL)
+    with warnings.catch_warnings():
+        # peft 0.21 reads a property transformers 5 deprecated; nothing a user can act on.
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        model = get_peft_model(base, _lora_config(adapter, targets, layers, pattern), adapter_name=GLOBAL)
     if adapter.use_local:
         model.add_adapter(LOCAL, _lora_config(adapter, targets, layers, pattern))
-        model.base_model.set_adapter([GLOBAL, LOCAL])
+        cast(LoraModel, model.base_model).set_adapter([GLOBAL, LOCAL])
     return model
 
 

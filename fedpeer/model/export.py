@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import cast
 
 import torch
+from peft import LoraConfig
 from safetensors.torch import save_file
 
 from fedpeer.model.dual_lora import GLOBAL, LOCAL, DualLora
@@ -20,10 +22,8 @@ _PREFIX = "base_model.model."
 
 _README = """# fedpeer adapter export
 
-A standard PEFT LoRA adapter written by `fedpeer export`. It is the sum of this site's two adapters:
-the **global** adapter (learned with the mesh) and the **local** adapter (this site only), merged into
-one LoRA of rank {rank}{head_note}. It contains what this site learned from its own data: share it only
-as your site's policy allows.
+A standard PEFT LoRA adapter (rank {rank}) written by fedpeer's `export_peft`. {what}
+It carries what this site learned from its own data: share it only as the site's policy allows.
 
 Base model: `{base}`
 
@@ -35,6 +35,11 @@ base = {auto_class}.from_pretrained("{base}"{label_args})
 model = PeftModel.from_pretrained(base, "{out_dir}")
 ```
 """
+_WHAT_DUAL = (
+    "It is the sum of the site's two adapters, the global one (learned with the mesh) and the local one\n"
+    "(this site only), stacked on the rank axis so that B·A = B_g·A_g + B_l·A_l."
+)
+_WHAT_GLOBAL = "It holds the site's global adapter (learned with the mesh)."
 
 
 def export_peft(dual: DualLora, out_dir: str | Path) -> Path:
@@ -43,17 +48,17 @@ def export_peft(dual: DualLora, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state = dual.adapter_state()
     adapters = [GLOBAL, LOCAL] if LOCAL in dual.model.peft_config else [GLOBAL]
-    config = copy.deepcopy(dual.model.peft_config[GLOBAL])
+    config = cast(LoraConfig, copy.deepcopy(dual.model.peft_config[GLOBAL]))
     n = len(adapters)
     config.r, config.lora_alpha = config.r * n, config.lora_alpha * n  # same alpha/r scaling
     config.modules_to_save = [dual.head] if dual.head else None
     config.inference_mode = True
-    config.base_model_name_or_path = dual.model.get_base_model().config.name_or_path
+    config.base_model_name_or_path = dual.base_model.config.name_or_path
     config.save_pretrained(str(out))
     save_file(
         _combined_tensors(state, adapters, dual.head), str(out / _ADAPTER_FILE), metadata={"format": "pt"}
     )
-    (out / "README.md").write_text(_readme(dual, config.r, out))
+    (out / "README.md").write_text(_readme(dual, config.r, out, dual_adapters=n == 2))
     return out
 
 
@@ -72,12 +77,13 @@ def _combined_tensors(
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def _readme(dual: DualLora, rank: int, out: Path) -> str:
-    base = dual.model.get_base_model()
-    labels = list(base.config.id2label.values()) if dual.head else []
+def _readme(dual: DualLora, rank: int, out: Path, dual_adapters: bool) -> str:
+    base = dual.base_model
+    labels = list((base.config.id2label or {}).values()) if dual.head else []
     return _README.format(
         rank=rank,
-        head_note=f", plus the classification head `{dual.head}`" if dual.head else "",
+        what=(_WHAT_DUAL if dual_adapters else _WHAT_GLOBAL)
+        + (f" The classification head `{dual.head}` is included (modules_to_save)." if dual.head else ""),
         base=base.config.name_or_path,
         auto_class="AutoModelForSequenceClassification" if dual.task == "seq-cls" else "AutoModelForCausalLM",
         label_args=f", num_labels={len(labels)}" if labels else "",

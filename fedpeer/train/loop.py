@@ -152,9 +152,17 @@ class LocalTrainer:
                 f"trainer state is for {meta.get('num_params')} trainable tensors, this model has "
                 f"{len(self._params)}: the checkpoint belongs to another adapter config"
             )
-        groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+        # The current config's lr and weight decay win: a restart is the moment to change them.
+        groups = [
+            {**g, "betas": tuple(g["betas"]), "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay}
+            for g in meta["param_groups"]
+        ]
         self._optim.load_state_dict({"state": _unflatten_optim(tensors), "param_groups": groups})
-        self._rng = {k: tensors[k].clone() for k in (_RNG_CPU, _RNG_CUDA) if k in tensors} or self._rng
+        if _RNG_CPU in tensors:
+            self._rng[_RNG_CPU] = tensors[_RNG_CPU].clone()
+        # A CUDA RNG state only means something on a CUDA device (a run may resume on other hardware).
+        if _RNG_CUDA in tensors and self.dual.device.type == "cuda":
+            self._rng[_RNG_CUDA] = tensors[_RNG_CUDA].clone()
         self._order = BatchOrder(
             len(self.train_examples),
             self.cfg.batch_size,

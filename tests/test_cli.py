@@ -1,0 +1,114 @@
+"""The CLI through Typer's CliRunner: help, init, readable errors, status, scenario run, export."""
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from fedpeer.config import load_node_config
+from fedpeer_cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_the_commands():
+    out = invoke("--help").output
+    for cmd in ("init", "node", "status", "scenario", "export"):
+        assert cmd in out
+
+
+def test_init_writes_a_config_that_loads(tmp_path):
+    path = tmp_path / "node.toml"
+    r = invoke("init", path, "--node-id", "site-a", "--neighbour", "site-b=10.0.0.2:50051",
+               "--model", "some/model", "--data", "train.jsonl")
+    assert r.exit_code == 0, r.output
+    cfg = load_node_config(path)
+    assert cfg.node_id == "site-a" and cfg.neighbours[0].id == "site-b"
+    assert cfg.train.data == str((tmp_path / "train.jsonl").resolve())
+    assert "#" in path.read_text()  # commented for the site operator
+    again = invoke("init", path)
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["node", "run", "--config", "missing.toml"], "no such config file"),
+    (["init", "x.toml", "--neighbour", "nonsense"], "ID=HOST:PORT"),
+    (["scenario", "run", "missing.toml", "--out", "o"], "no such scenario file"),
+    (["scenario", "run", "scenarios/ring4.toml", "--out", "o", "--set", "gossip.roundz=3"], "roundz"),
+    (["scenario", "run", "scenarios/ring4.toml", "--out", "o", "--runner", "ssh"], "--runner"),
+    (["status", "127.0.0.1:1", "--timeout", "2"], "status request to 127.0.0.1:1 failed"),
+])
+def test_user_mistakes_are_one_readable_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scenarios").mkdir()
+    from pathlib import Path
+
+    (tmp_path / "scenarios" / "ring4.toml").write_text(
+        (Path(__file__).parent.parent / "scenarios" / "ring4.toml").read_text())
+    r = invoke(*args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output
+
+
+def test_bad_config_value_names_the_field(tmp_path):
+    path = tmp_path / "node.toml"
+    invoke("init", path)
+    path.write_text(path.read_text().replace("steps_per_round = 10", 'steps_per_round = "ten"'))
+    r = invoke("node", "run", "--config", path)
+    assert r.exit_code == 2 and "train.steps_per_round must be int" in r.output
+
+
+@pytest.mark.slow
+def test_scenario_inprocess_then_export_and_status_json(tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    scen = tmp_path / "s.toml"
+    scen.write_text("""
+name = "cli"
+nodes = 3
+topology = "ring"
+[tiny_model]
+hidden_size = 32
+num_layers = 1
+num_heads = 2
+intermediate_size = 64
+[data]
+n_train = 30
+n_eval = 6
+[train]
+steps_per_round = 2
+batch_size = 8
+max_length = 32
+device = "cpu"
+[gossip]
+rounds = 2
+linger_s = 0.1
+""")
+    r = invoke("scenario", "run", scen, "--out", out, "--runner", "inprocess")
+    assert r.exit_code == 0, r.output
+    assert "summary after 2 rounds" in r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["last_round"] for s in summary] == [2, 2, 2]
+
+    from fedpeer.config import dump_toml, to_dict
+    from fedpeer.scenario.runner import prepare_for_memory
+    from fedpeer.scenario.spec import load_scenario
+
+    cfg = prepare_for_memory(load_scenario(scen), out).nodes[0]
+    (tmp_path / "node0.toml").write_text(dump_toml(to_dict(cfg)))
+    r = invoke("export", "--config", tmp_path / "node0.toml", "--out", tmp_path / "adapter")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"exported round 2 of node0", r.output)
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.path)
+    model = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
