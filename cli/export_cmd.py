@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from fedpeer_cli.common import friendly_errors, setup_logging
 
 
@@ -30,7 +29,9 @@ def export(
         raise CheckpointError(f"{cfg.state_dir} has no checkpoint yet: run the node for at least one round")
     dual = load_dual_lora(cfg.model, cfg.adapter, resolve_device("cpu"), local_seed=0)
     if ck.meta.get("fingerprint") != dual.fingerprint():
-        raise CheckpointError(f"the checkpoint in {cfg.state_dir} was made with another model or adapter config")
+        raise CheckpointError(
+            f"the checkpoint in {cfg.state_dir} was made with another model or adapter config"
+        )
     dual.load_adapter_state(ck.group("adapter"))
     path = export_peft(dual, out)
     typer.echo(f"exported round {ck.meta['round']} of {cfg.node_id} to {path}")

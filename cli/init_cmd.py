@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from fedpeer_cli.common import friendly_errors
 
-TEMPLATE = '''\
+TEMPLATE = """\
 # fedpeer node config. Run with:  fedpeer node run --config {path}
 # Every site of a mesh must use the same [model], [adapter] and protocol version: the handshake
 # refuses neighbours whose model fingerprint differs.
@@ -62,7 +61,7 @@ linger_s = 5.0
 name = "fp16"                # lossless (fp32) or fp16; byte-shuffle + zstd either way
 zstd_level = 3
 max_payload_mb = 1024.0      # refuse updates that would decompress to more than this
-'''
+"""
 
 
 @friendly_errors
@@ -70,8 +69,10 @@ def init(
     path: Annotated[Path, typer.Argument(help="Config file to write, e.g. node.toml.")],
     node_id: Annotated[str, typer.Option(help="This site's name in the mesh.")] = "site-a",
     listen: Annotated[str, typer.Option(help="HOST:PORT to serve on.")] = "0.0.0.0:50051",
-    neighbour: Annotated[list[str] | None, typer.Option(
-        "--neighbour", "-n", help="ID=HOST:PORT of a topology neighbour; repeat for each.")] = None,
+    neighbour: Annotated[
+        list[str] | None,
+        typer.Option("--neighbour", "-n", help="ID=HOST:PORT of a topology neighbour; repeat for each."),
+    ] = None,
     model: Annotated[str, typer.Option(help="Base model id or directory.")] = "path/to/base-model",
     task: Annotated[str, typer.Option(help="causal-lm or seq-cls.")] = "causal-lm",
     data: Annotated[str, typer.Option(help="This site's JSONL training data.")] = "data/train.jsonl",
@@ -91,7 +92,19 @@ def init(
     if not tables:
         tables.append('# [[neighbours]]\n# id = "site-b"\n# address = "site-b.example.org:50051"\n')
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(TEMPLATE.format(path=path, node_id=node_id, listen=listen, state_dir=f"state/{node_id}",
-                                    neighbours="\n".join(tables), model=model, task=task, data=data, labels=""))
-    typer.echo(f"wrote {path}; edit [model], [train].data and the neighbours, then: "
-               f"fedpeer node run --config {path}")
+    path.write_text(
+        TEMPLATE.format(
+            path=path,
+            node_id=node_id,
+            listen=listen,
+            state_dir=f"state/{node_id}",
+            neighbours="\n".join(tables),
+            model=model,
+            task=task,
+            data=data,
+            labels="",
+        )
+    )
+    typer.echo(
+        f"wrote {path}; edit [model], [train].data and the neighbours, then: fedpeer node run --config {path}"
+    )

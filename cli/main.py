@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import typer
-
 from fedpeer_cli import export_cmd, init_cmd, node_cmd, scenario_cmd, status_cmd
 
 app = typer.Typer(
     name="fedpeer",
-    help=__doc__ + "\n\nA site: `fedpeer init node.toml`, edit it, then `fedpeer node run --config node.toml`.\n\n"
+    help=__doc__
+    + "\n\nA site: `fedpeer init node.toml`, edit it, then `fedpeer node run --config node.toml`.\n\n"
     "A researcher: `fedpeer scenario run scenarios/ring4.toml --out runs/ring4`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

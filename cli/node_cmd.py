@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from fedpeer_cli.common import friendly_errors, setup_logging
 
 app = typer.Typer(help="Run this site's node.", no_args_is_help=True)
@@ -17,8 +16,12 @@ app = typer.Typer(help="Run this site's node.", no_args_is_help=True)
 @app.command("run")
 @friendly_errors
 def run(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Node config file (write one with `fedpeer init`).")],
-    device: Annotated[str | None, typer.Option(help="Override train.device: auto, cpu, cuda, cuda:1, ...")] = None,
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Node config file (write one with `fedpeer init`).")
+    ],
+    device: Annotated[
+        str | None, typer.Option(help="Override train.device: auto, cpu, cuda, cuda:1, ...")
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="Override gossip.rounds.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
 from fedpeer_cli.common import friendly_errors, parse_overrides, setup_logging
 
 app = typer.Typer(help="Run a whole mesh from a scenario file (see scenarios/).", no_args_is_help=True)
@@ -19,16 +18,34 @@ RUNNERS = ("process", "inprocess")
 @friendly_errors
 def run(
     scenario: Annotated[Path, typer.Argument(help="Scenario TOML, e.g. scenarios/ring4.toml.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory: <node>/metrics.jsonl, logs, "
-                                      "checkpoints, summary.json.")],
-    runner: Annotated[str, typer.Option(help="process: one OS process per node over real gRPC on "
-                                        "127.0.0.1. inprocess: threads + in-memory transport.")] = "process",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting, e.g. --set "
-                                                   "gossip.rounds=3 --set nodes=8 (repeatable).")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output directory: <node>/metrics.jsonl, logs, checkpoints, summary.json."
+        ),
+    ],
+    runner: Annotated[
+        str,
+        typer.Option(
+            help="process: one OS process per node over real gRPC on "
+            "127.0.0.1. inprocess: threads + in-memory transport."
+        ),
+    ] = "process",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a setting, e.g. --set gossip.rounds=3 --set nodes=8 (repeatable)."
+        ),
+    ] = None,
 ) -> None:
     """Start every node of SCENARIO, show progress per round, and end with a summary table."""
     from fedpeer.errors import ConfigError
-    from fedpeer.scenario.runner import ProcessRunner, prepare_for_memory, prepare_for_processes, run_inprocess
+    from fedpeer.scenario.runner import (
+        ProcessRunner,
+        prepare_for_memory,
+        prepare_for_processes,
+        run_inprocess,
+    )
     from fedpeer.scenario.spec import load_scenario, with_overrides
 
     if runner not in RUNNERS:
@@ -46,8 +63,11 @@ def run(
     print_summary(rows, spec.gossip.rounds)
     incomplete = [r["node"] for r in rows if r["last_round"] < spec.gossip.rounds]
     if incomplete:
-        typer.secho(f"nodes that did not finish all rounds: {', '.join(incomplete)} (see their node.log)",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"nodes that did not finish all rounds: {', '.join(incomplete)} (see their node.log)",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
         raise typer.Exit(1)
 
 
@@ -56,8 +76,16 @@ def print_summary(rows: list[dict[str, Any]], rounds: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"summary after {rounds} rounds")
-    cols = ["node", "last_round", "train_loss", "eval_loss", "macro_f1", "consensus_distance",
-            "bytes_sent_per_round", "round_s"]
+    cols = [
+        "node",
+        "last_round",
+        "train_loss",
+        "eval_loss",
+        "macro_f1",
+        "consensus_distance",
+        "bytes_sent_per_round",
+        "round_s",
+    ]
     for c in cols:
         table.add_column(c.replace("_", " "), justify="left" if c == "node" else "right")
     for r in rows:

@@ -6,7 +6,6 @@ import json
 from typing import Annotated
 
 import typer
-
 from fedpeer_cli.common import friendly_errors
 
 
@@ -22,12 +21,18 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
+    from fedpeer.errors import PeerUnavailable
     from fedpeer.transport.grpc_transport import GrpcTransport
 
     t = GrpcTransport()
     try:
         health = t.health(address, timeout)
         s = t.status(address, timeout)
+    except PeerUnavailable as exc:
+        raise PeerUnavailable(
+            f"no fedpeer node answers at {address} ({exc}); is it running, and is "
+            "HOST:PORT its `listen` address?"
+        ) from None
     finally:
         t.close()
     if as_json:
@@ -35,11 +40,18 @@ def status(
         return
     n = s.node
     console = Console()
-    console.print(f"[bold]{n.node_id}[/] at {address}: {health}, {s.phase}, round {n.round}/{s.rounds_total}, "
-                  f"epoch {n.epoch}, protocol v{n.protocol_version}, fingerprint {n.fingerprint}")
+    console.print(
+        f"[bold]{n.node_id}[/] at {address}: {health}, {s.phase}, round {n.round}/{s.rounds_total}, "
+        f"epoch {n.epoch}, protocol v{n.protocol_version}, fingerprint {n.fingerprint}"
+    )
     console.print(f"last train loss {s.last_train_loss:.4f}, consensus distance {s.consensus_distance:.4g}")
     table = Table("neighbour", "address", "connected", "last round heard", "applied seq")
     for nb in s.neighbours:
-        table.add_row(nb.node_id, nb.address, "yes" if nb.connected else "no", str(nb.last_round_heard),
-                      str(nb.applied_seq))
+        table.add_row(
+            nb.node_id,
+            nb.address,
+            "yes" if nb.connected else "no",
+            str(nb.last_round_heard),
+            str(nb.applied_seq),
+        )
     console.print(table)

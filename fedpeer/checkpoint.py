@@ -32,7 +32,7 @@ class Checkpoint:
 
     def group(self, prefix: str) -> dict[str, torch.Tensor]:
         p = prefix + "/"
-        return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+        return {k[len(p) :]: v for k, v in self.tensors.items() if k.startswith(p)}
 
 
 def flatten(groups: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -47,8 +47,11 @@ def save(state_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mappi
     os.close(fd)
     try:
         # safetensors refuses tensors sharing storage; clones make the dict self-contained.
-        save_file({k: v.clone() for k, v in tensors.items()}, tmp,
-                  metadata={"fedpeer": json.dumps({"format": FORMAT_VERSION, **meta})})
+        save_file(
+            {k: v.clone() for k, v in tensors.items()},
+            tmp,
+            metadata={"fedpeer": json.dumps({"format": FORMAT_VERSION, **meta})},
+        )
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -76,7 +79,9 @@ def load(state_dir: str | Path) -> Checkpoint | None:
         tensors = load_file(str(path))
         meta = json.loads(raw_meta) if raw_meta else None
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is unreadable ({exc}); move it away to start this node afresh") from None
+        raise CheckpointError(
+            f"{path} is unreadable ({exc}); move it away to start this node afresh"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a fedpeer checkpoint of format {FORMAT_VERSION}")
     return Checkpoint(tensors=tensors, meta=meta)

@@ -36,8 +36,11 @@ class ModelConfig:
         _require(self.task in TASKS, "model.task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task == "seq-cls":
             _require(len(self.labels) >= 2, "model.labels", "seq-cls needs at least two class names")
-        _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
-                 f"must be float32, bfloat16 or float16, got {self.dtype!r}")
+        _require(
+            self.dtype in ("float32", "bfloat16", "float16"),
+            "model.dtype",
+            f"must be float32, bfloat16 or float16, got {self.dtype!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -147,8 +150,9 @@ class NodeConfig:
     codec: CodecConfig = CodecConfig()
 
     def validate(self) -> None:
-        _require(self.node_id != "" and "/" not in self.node_id, "node_id",
-                 "must be a non-empty name without '/'")
+        _require(
+            self.node_id != "" and "/" not in self.node_id, "node_id", "must be a non-empty name without '/'"
+        )
         _require(self.state_dir != "", "state_dir", "must name the node's state directory")
         _require(":" in self.listen, "listen", f"must be HOST:PORT, got {self.listen!r}")
         ids = [p.id for p in self.neighbours]
@@ -177,13 +181,18 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{_join(where, unknown[0])} is not a known setting "
-                          f"(known: {', '.join(sorted(fields))})")
+        raise ConfigError(
+            f"{_join(where, unknown[0])} is not a known setting (known: {', '.join(sorted(fields))})"
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {name: convert_value(hints[name], value, _join(where, name)) for name, value in data.items()}
-    missing = [f.name for f in fields.values()
-               if f.name not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in fields.values()
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{_join(where, missing[0])} is required")
     return cls(**kwargs)
@@ -202,7 +211,9 @@ def convert_value(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: union types are not supported in config")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+    if tp in (int, float, str, bool) and (
+        not isinstance(value, tp) or (tp is int and isinstance(value, bool))
+    ):
         raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
     return value
 

@@ -21,6 +21,7 @@ Rules for slow, dead and restarted neighbours (see docs/protocol.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -44,8 +45,16 @@ from fedpeer.metrics import MetricsWriter
 from fedpeer.model.dual_lora import DualLora, load_dual_lora, resolve_device
 from fedpeer.train.loop import LocalTrainer
 from fedpeer.transport.base import Transport
-from fedpeer.wire.frames import AckInfo, Frame, FrameKind, NeighbourInfo, PeerInfo, StatusInfo
-from fedpeer.wire.frames import decode_frame, encode_frame
+from fedpeer.wire.frames import (
+    AckInfo,
+    Frame,
+    FrameKind,
+    NeighbourInfo,
+    PeerInfo,
+    StatusInfo,
+    decode_frame,
+    encode_frame,
+)
 
 log = logging.getLogger("fedpeer.node")
 
@@ -95,8 +104,7 @@ class Node:
         self.cfg = cfg
         self.transport = transport
         self.device = resolve_device(cfg.train.device)
-        self.dual: DualLora = load_dual_lora(cfg.model, cfg.adapter, self.device,
-                                             local_seed=_local_seed(cfg))
+        self.dual: DualLora = load_dual_lora(cfg.model, cfg.adapter, self.device, local_seed=_local_seed(cfg))
         self.trainer = LocalTrainer(self.dual, cfg.model, cfg.train)
         self.codec = get_codec(cfg.codec.name, zstd_level=cfg.codec.zstd_level)
         self.snapshot_codec = get_codec(SNAPSHOT_CODEC, zstd_level=cfg.codec.zstd_level)
@@ -125,8 +133,14 @@ class Node:
     def run(self) -> None:
         """Serve, join the mesh, run the remaining rounds, linger briefly, stop."""
         self.address = self.transport.serve(self.cfg.listen, self)
-        log.info("%s listening on %s (epoch %s, %d global params, fingerprint %s)", self.cfg.node_id,
-                 self.address, self.epoch, sum(s.numel for s in self.specs), self.dual.fingerprint())
+        log.info(
+            "%s listening on %s (epoch %s, %d global params, fingerprint %s)",
+            self.cfg.node_id,
+            self.address,
+            self.epoch,
+            sum(s.numel for s in self.specs),
+            self.dual.fingerprint(),
+        )
         try:
             first = self.join() + 1
             for t in range(first, self.cfg.gossip.rounds + 1):
@@ -160,8 +174,9 @@ class Node:
         with timer.span("mix"):
             resynced = self.apply_received(t)
             heard = [j for j in self.copies.fresh(t) if self.peers[j].info is not None]
-            x_new = choco.mix(x, self.x_hat_self, self.copies.x_hats(heard), self.weights(heard),
-                              self.cfg.gossip.gamma)
+            x_new = choco.mix(
+                x, self.x_hat_self, self.copies.x_hats(heard), self.weights(heard), self.cfg.gossip.gamma
+            )
             self.dual.set_global_state(x_new)
             self.last_distance = choco.consensus_distance(x_new, self.copies.x_hats(heard))
 
@@ -181,8 +196,15 @@ class Node:
     def encode_update(self, t: int, q: State) -> Frame:
         """Encode q; add what the receivers will decode (not q itself) to our own public copy."""
         with self._self_lock:
-            frame = encode_frame(q, self.codec, sender=self.cfg.node_id, epoch=self.epoch,
-                                 kind=FrameKind.UPDATE, round=t, seq=self.seq + 1)
+            frame = encode_frame(
+                q,
+                self.codec,
+                sender=self.cfg.node_id,
+                epoch=self.epoch,
+                kind=FrameKind.UPDATE,
+                round=t,
+                seq=self.seq + 1,
+            )
             q_wire = decode_frame(frame, self.specs, self.limits, [self.codec.name])
             choco.add_(self.x_hat_self, {k: v.to(self.device) for k, v in q_wire.items()})
             self.seq += 1
@@ -214,8 +236,13 @@ class Node:
                 log.warning("%s: lost %s: %s", self.cfg.node_id, peer.id, exc)
             return 0
         if not result.ack.accepted:
-            log.warning("%s: %s refused our round-%d update: %s", self.cfg.node_id, peer.id,
-                        frame.round, result.ack.error)
+            log.warning(
+                "%s: %s refused our round-%d update: %s",
+                self.cfg.node_id,
+                peer.id,
+                frame.round,
+                result.ack.error,
+            )
         return result.wire_bytes
 
     def apply_received(self, t: int) -> list[str]:
@@ -230,19 +257,28 @@ class Node:
     def resync(self, j: str) -> None:
         peer = self.peers[j]
         try:
-            frame = self.transport.fetch_snapshot(peer.address, self.cfg.node_id,
-                                                  self.cfg.gossip.rpc_timeout_s, self.limits.max_payload_bytes)
+            frame = self.transport.fetch_snapshot(
+                peer.address, self.cfg.node_id, self.cfg.gossip.rpc_timeout_s, self.limits.max_payload_bytes
+            )
             if frame.kind != FrameKind.SNAPSHOT or frame.sender != j:
-                raise FrameRejected(f"expected a snapshot from {j}, got a {frame.kind.value} from {frame.sender}")
+                raise FrameRejected(
+                    f"expected a snapshot from {j}, got a {frame.kind.value} from {frame.sender}"
+                )
             x_hat = decode_frame(frame, self.specs, self.limits, [SNAPSHOT_CODEC])
         except (PeerUnavailable, FrameRejected) as exc:
             log.warning("%s: resync of %s failed, leaving it out this round: %s", self.cfg.node_id, j, exc)
             return
-        self.copies.install_snapshot(j, frame.epoch, frame.round, frame.seq,
-                                     {k: v.to(self.device) for k, v in x_hat.items()})
+        self.copies.install_snapshot(
+            j, frame.epoch, frame.round, frame.seq, {k: v.to(self.device) for k, v in x_hat.items()}
+        )
         self._count_io(frame.round, bytes_received=frame.wire_bytes)
-        log.info("%s: resynced %s from its snapshot (seq %d, round %d)", self.cfg.node_id, j, frame.seq,
-                 frame.round)
+        log.info(
+            "%s: resynced %s from its snapshot (seq %d, round %d)",
+            self.cfg.node_id,
+            j,
+            frame.seq,
+            frame.round,
+        )
 
     def weights(self, heard: list[str]) -> dict[str, float]:
         """Metropolis-Hastings weights; a neighbour not heard keeps its weight with us."""
@@ -251,10 +287,17 @@ class Node:
 
     # ================================================================ joining and handshakes
     def me(self) -> PeerInfo:
-        return PeerInfo(node_id=self.cfg.node_id, protocol_version=PROTOCOL_VERSION,
-                        fingerprint=self.dual.fingerprint(), fingerprint_fields=self.dual.fingerprint_fields(),
-                        codecs=tuple(available_codecs()), round=self.completed_round, degree=len(self.peers),
-                        epoch=self.epoch, address=self.address or self.cfg.address)
+        return PeerInfo(
+            node_id=self.cfg.node_id,
+            protocol_version=PROTOCOL_VERSION,
+            fingerprint=self.dual.fingerprint(),
+            fingerprint_fields=self.dual.fingerprint_fields(),
+            codecs=tuple(available_codecs()),
+            round=self.completed_round,
+            degree=len(self.peers),
+            epoch=self.epoch,
+            address=self.address or self.cfg.address,
+        )
 
     def handshake(self, peer: Peer) -> None:
         try:
@@ -266,8 +309,14 @@ class Node:
             peer.refused = str(exc)
             return
         peer.info, peer.refused, peer.reachable = info, "", True
-        log.info("%s: connected to %s at %s (round %d, degree %d)", self.cfg.node_id, peer.id, peer.address,
-                 info.round, info.degree)
+        log.info(
+            "%s: connected to %s at %s (round %d, degree %d)",
+            self.cfg.node_id,
+            peer.id,
+            peer.address,
+            info.round,
+            info.degree,
+        )
 
     def join(self) -> int:
         """Handshake with every neighbour (retrying until join_timeout_s); returns the round to
@@ -277,21 +326,27 @@ class Node:
         while True:
             for p in self.peers.values():
                 if p.info is None:
-                    try:
+                    with contextlib.suppress(PeerUnavailable):
                         self.handshake(p)
-                    except PeerUnavailable:
-                        pass
             missing = [p.id for p in self.peers.values() if p.info is None]
             if not missing or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         if missing:
-            log.warning("%s: starting without %s (not reachable after %.0f s); they join when they come up",
-                        self.cfg.node_id, ", ".join(missing), self.cfg.gossip.join_timeout_s)
+            log.warning(
+                "%s: starting without %s (not reachable after %.0f s); they join when they come up",
+                self.cfg.node_id,
+                ", ".join(missing),
+                self.cfg.gossip.join_timeout_s,
+            )
         mesh_round = max([p.info.round for p in self.peers.values() if p.info] + [self.completed_round])
         if mesh_round > self.completed_round:
-            log.info("%s: the mesh is at round %d, we completed %d: catching up", self.cfg.node_id,
-                     mesh_round, self.completed_round)
+            log.info(
+                "%s: the mesh is at round %d, we completed %d: catching up",
+                self.cfg.node_id,
+                mesh_round,
+                self.completed_round,
+            )
         self.completed_round = mesh_round
         self.copies.set_round(mesh_round)
         return mesh_round
@@ -299,18 +354,27 @@ class Node:
     def check_peer(self, info: PeerInfo, expected_id: str | None = None) -> None:
         """Refuse a peer of another protocol version, model fingerprint or topology."""
         if info.protocol_version != PROTOCOL_VERSION:
-            raise HandshakeError(f"{info.node_id} speaks protocol v{info.protocol_version}, this node "
-                                 f"v{PROTOCOL_VERSION}: run the same fedpeer release on both sites")
+            raise HandshakeError(
+                f"{info.node_id} speaks protocol v{info.protocol_version}, this node "
+                f"v{PROTOCOL_VERSION}: run the same fedpeer release on both sites"
+            )
         if info.node_id not in self.peers or (expected_id and info.node_id != expected_id):
-            raise HandshakeError(f"{info.node_id!r} is not a neighbour of {self.cfg.node_id} in this "
-                                 f"topology (expected {expected_id or ', '.join(self.peers)})")
+            raise HandshakeError(
+                f"{info.node_id!r} is not a neighbour of {self.cfg.node_id} in this "
+                f"topology (expected {expected_id or ', '.join(self.peers)})"
+            )
         if info.fingerprint != self.dual.fingerprint():
             mine = self.dual.fingerprint_fields()
-            diff = [f"{k}: theirs {info.fingerprint_fields.get(k, '?')!r} vs ours {v!r}"
-                    for k, v in mine.items() if info.fingerprint_fields.get(k) != v]
-            raise HandshakeError(f"model fingerprint of {info.node_id} differs from {self.cfg.node_id}'s "
-                                 f"({'; '.join(diff) or 'fields agree, hash differs'}): all sites must "
-                                 "use the same base model, adapter config and mesh_seed")
+            diff = [
+                f"{k}: theirs {info.fingerprint_fields.get(k, '?')!r} vs ours {v!r}"
+                for k, v in mine.items()
+                if info.fingerprint_fields.get(k) != v
+            ]
+            raise HandshakeError(
+                f"model fingerprint of {info.node_id} differs from {self.cfg.node_id}'s "
+                f"({'; '.join(diff) or 'fields agree, hash differs'}): all sites must "
+                "use the same base model, adapter config and mesh_seed"
+            )
 
     # ================================================================ MeshHandler (transport threads)
     def on_hello(self, peer: PeerInfo) -> PeerInfo:
@@ -319,8 +383,13 @@ class Node:
         except HandshakeError as exc:
             log.error("%s: refused handshake from %s: %s", self.cfg.node_id, peer.node_id or "?", exc)
             raise
-        log.info("%s: handshake from %s (round %d, epoch %s)", self.cfg.node_id, peer.node_id, peer.round,
-                 peer.epoch)
+        log.info(
+            "%s: handshake from %s (round %d, epoch %s)",
+            self.cfg.node_id,
+            peer.node_id,
+            peer.round,
+            peer.epoch,
+        )
         return self.me()
 
     def on_frame(self, frame: Frame) -> AckInfo:
@@ -331,8 +400,13 @@ class Node:
         t0 = time.perf_counter()
         try:
             q = decode_frame(frame, self.specs, self.limits, available_codecs())
-            applied = self.copies.offer(frame.sender, frame.epoch, frame.round, frame.seq,
-                                        {k: v.to(self.device) for k, v in q.items()})
+            applied = self.copies.offer(
+                frame.sender,
+                frame.epoch,
+                frame.round,
+                frame.seq,
+                {k: v.to(self.device) for k, v in q.items()},
+            )
         except FrameRejected:
             self._count_io(frame.round, rejected=1)
             raise
@@ -341,19 +415,39 @@ class Node:
 
     def on_snapshot_request(self, requester: str) -> Frame:
         with self._self_lock:
-            return encode_frame(self.x_hat_self, self.snapshot_codec, sender=self.cfg.node_id, epoch=self.epoch,
-                                kind=FrameKind.SNAPSHOT, round=self.sent_round, seq=self.seq)
+            return encode_frame(
+                self.x_hat_self,
+                self.snapshot_codec,
+                sender=self.cfg.node_id,
+                epoch=self.epoch,
+                kind=FrameKind.SNAPSHOT,
+                round=self.sent_round,
+                seq=self.seq,
+            )
 
     def on_status(self) -> StatusInfo:
-        nbrs = tuple(NeighbourInfo(node_id=j, address=p.address, connected=p.info is not None and p.reachable,
-                                   last_round_heard=self.copies.copies[j].last_round,
-                                   applied_seq=self.copies.copies[j].applied_seq)
-                     for j, p in self.peers.items())
-        return StatusInfo(node=self.me(), phase=self.phase, rounds_total=self.cfg.gossip.rounds,
-                          neighbours=nbrs, last_train_loss=self.last_loss,
-                          consensus_distance=self.last_distance)
+        nbrs = tuple(
+            NeighbourInfo(
+                node_id=j,
+                address=p.address,
+                connected=p.info is not None and p.reachable,
+                last_round_heard=self.copies.copies[j].last_round,
+                applied_seq=self.copies.copies[j].applied_seq,
+            )
+            for j, p in self.peers.items()
+        )
+        return StatusInfo(
+            node=self.me(),
+            phase=self.phase,
+            rounds_total=self.cfg.gossip.rounds,
+            neighbours=nbrs,
+            last_train_loss=self.last_loss,
+            consensus_distance=self.last_distance,
+        )
 
-    def _count_io(self, round: int, decode_s: float = 0.0, bytes_received: int = 0, rejected: int = 0) -> None:
+    def _count_io(
+        self, round: int, decode_s: float = 0.0, bytes_received: int = 0, rejected: int = 0
+    ) -> None:
         with self._io_lock:
             io = self._io[round]
             io.decode_s += decode_s
@@ -370,9 +464,15 @@ class Node:
             "rng": {"torch": torch.get_rng_state()},
         }
         groups.update({f"copy.{j}": s for j, s in copies.items()})
-        meta = {"node_id": self.cfg.node_id, "round": self.completed_round, "seq": self.seq,
-                "sent_round": self.sent_round, "fingerprint": self.dual.fingerprint(), "copies": copies_meta,
-                "trainer": self.trainer.state_meta()}
+        meta = {
+            "node_id": self.cfg.node_id,
+            "round": self.completed_round,
+            "seq": self.seq,
+            "sent_round": self.sent_round,
+            "fingerprint": self.dual.fingerprint(),
+            "copies": copies_meta,
+            "trainer": self.trainer.state_meta(),
+        }
         checkpoint.save(self.cfg.state_dir, checkpoint.flatten(groups), meta)
 
     def _resume(self) -> None:
@@ -380,8 +480,10 @@ class Node:
         if ck is None:
             return
         if ck.meta.get("fingerprint") != self.dual.fingerprint():
-            raise CheckpointError(f"{self.cfg.state_dir} holds a checkpoint of another model or adapter "
-                                  "config; point state_dir at a new directory, or move the old one away")
+            raise CheckpointError(
+                f"{self.cfg.state_dir} holds a checkpoint of another model or adapter "
+                "config; point state_dir at a new directory, or move the old one away"
+            )
         self.dual.load_adapter_state(ck.group("adapter"))
         for k, v in ck.group("self").items():
             self.x_hat_self[k].copy_(v)
@@ -391,11 +493,25 @@ class Node:
         self.completed_round, self.seq = int(ck.meta["round"]), int(ck.meta["seq"])
         self.sent_round = int(ck.meta["sent_round"])
         self.copies.set_round(self.completed_round)
-        log.info("%s: resumed from %s at round %d (seq %d)", self.cfg.node_id, self.cfg.state_dir,
-                 self.completed_round, self.seq)
+        log.info(
+            "%s: resumed from %s at round %d (seq %d)",
+            self.cfg.node_id,
+            self.cfg.state_dir,
+            self.completed_round,
+            self.seq,
+        )
 
-    def round_record(self, t: int, timer: Timer, t_start: float, sent: dict[str, Any], heard: list[str],
-                     resynced: list[str], evaluation: dict[str, float], frame: Frame) -> dict[str, Any]:
+    def round_record(
+        self,
+        t: int,
+        timer: Timer,
+        t_start: float,
+        sent: dict[str, Any],
+        heard: list[str],
+        resynced: list[str],
+        evaluation: dict[str, float],
+        frame: Frame,
+    ) -> dict[str, Any]:
         with self._io_lock:
             io = self._io.pop(t, RoundIO())
             for old in [r for r in self._io if r < t]:  # late frames of past rounds: count them now
@@ -404,15 +520,31 @@ class Node:
                 io.decode_s += late.decode_s
         s = timer.spans
         return {
-            "round": t, "time": time.time(), "node": self.cfg.node_id,
-            "train_loss": self.last_loss, **evaluation,
-            "bytes_sent": sent["bytes"], "bytes_received": io.bytes_received, "raw_bytes": sent["raw"],
-            "payload_bytes": len(frame.payload), "codec": self.codec.name,
-            "train_s": s["train"], "encode_s": s["encode"], "transfer_s": s["transfer"], "decode_s": io.decode_s,
-            "mix_s": s["mix"], "eval_s": s["eval"], "checkpoint_s": s["checkpoint"],
+            "round": t,
+            "time": time.time(),
+            "node": self.cfg.node_id,
+            "train_loss": self.last_loss,
+            **evaluation,
+            "bytes_sent": sent["bytes"],
+            "bytes_received": io.bytes_received,
+            "raw_bytes": sent["raw"],
+            "payload_bytes": len(frame.payload),
+            "codec": self.codec.name,
+            "train_s": s["train"],
+            "encode_s": s["encode"],
+            "transfer_s": s["transfer"],
+            "decode_s": io.decode_s,
+            "mix_s": s["mix"],
+            "eval_s": s["eval"],
+            "checkpoint_s": s["checkpoint"],
             "round_s": time.perf_counter() - t_start,
             "consensus_distance": self.last_distance,
-            "neighbours_heard": heard, "neighbours_reached": sent["reached"], "resynced": resynced,
+            "global_norm": math.sqrt(
+                sum(float(v.double().pow(2).sum()) for v in self.dual.global_state().values())
+            ),
+            "neighbours_heard": heard,
+            "neighbours_reached": sent["reached"],
+            "resynced": resynced,
             "frames_rejected": io.frames_rejected,
         }
 
@@ -429,10 +561,14 @@ def _local_seed(cfg: NodeConfig) -> int:
 
 
 def _round_line(node: str, t: int, total: int, r: dict[str, Any]) -> str:
-    ev = next((f"{k} {r[k]:.4f}" for k in ("macro_f1", "accuracy", "eval_loss") if k in r and r[k] is not None), "")
-    return (f"{node} round {t}/{total}: loss {r['train_loss']:.4f} {ev} | heard {len(r['neighbours_heard'])}"
-            f"/{len(r['neighbours_reached'])} | sent {r['bytes_sent'] / 1e3:.1f} kB | consensus "
-            f"{r['consensus_distance']:.3g} | {r['round_s']:.1f} s")
+    ev = next(
+        (f"{k} {r[k]:.4f}" for k in ("macro_f1", "accuracy", "eval_loss") if k in r and r[k] is not None), ""
+    )
+    return (
+        f"{node} round {t}/{total}: loss {r['train_loss']:.4f} {ev} | heard {len(r['neighbours_heard'])}"
+        f"/{len(r['neighbours_reached'])} | sent {r['bytes_sent'] / 1e3:.1f} kB | consensus "
+        f"{r['consensus_distance']:.3g} | {r['round_s']:.1f} s"
+    )
 
 
 __all__ = ["Node", "FedpeerError"]

@@ -1,7 +1,7 @@
 """Regenerate fedpeer/proto/ from proto/ (run after editing a .proto; a test checks for drift).
 
-    python scripts/gen_proto.py            # write into fedpeer/proto/
-    python scripts/gen_proto.py --out DIR  # write elsewhere (the drift test compares)
+python scripts/gen_proto.py            # write into fedpeer/proto/
+python scripts/gen_proto.py --out DIR  # write elsewhere (the drift test compares)
 """
 
 from __future__ import annotations
@@ -15,15 +15,20 @@ PROTO_ROOT = ROOT / "proto"
 
 
 def generate(out_dir: Path) -> list[Path]:
-    from grpc_tools import protoc  # dev dependency (grpcio-tools)
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency (grpcio-tools)
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(PROTO_ROOT.rglob("*.proto"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out_dir}",
-            f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}"] + [str(p) for p in protos]
+    args = [
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+    ] + [str(p) for p in protos]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     # Generated modules import `fedpeer.proto.v1...`: every folder below fedpeer/ needs an __init__.py.

@@ -13,14 +13,27 @@ from fedpeer.scenario.spec import PreparedScenario, ScenarioSpec, parse_scenario
 from fedpeer.transport.base import Transport
 
 TINY: dict[str, Any] = {
-    "name": "test", "nodes": 3, "topology": "ring",
-    "tiny_model": {"arch": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
+    "name": "test",
+    "nodes": 3,
+    "topology": "ring",
+    "tiny_model": {
+        "arch": "llama",
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 64,
+    },
     "data": {"n_train": 40, "n_eval": 8},
     "model": {"task": "causal-lm"},
     "adapter": {"rank": 4, "alpha": 8.0},
     "train": {"steps_per_round": 1, "batch_size": 8, "max_length": 32, "lr": 1e-3, "device": "cpu"},
-    "gossip": {"rounds": 3, "round_timeout_s": 30.0, "join_timeout_s": 30.0, "rpc_timeout_s": 10.0,
-               "linger_s": 0.2},
+    "gossip": {
+        "rounds": 3,
+        "round_timeout_s": 30.0,
+        "join_timeout_s": 30.0,
+        "rpc_timeout_s": 10.0,
+        "linger_s": 0.2,
+    },
     "codec": {"name": "lossless"},
 }
 

@@ -4,10 +4,10 @@ import json
 import re
 
 import pytest
+from fedpeer_cli.main import app
 from typer.testing import CliRunner
 
 from fedpeer.config import load_node_config
-from fedpeer_cli.main import app
 
 runner = CliRunner()
 
@@ -24,8 +24,18 @@ def test_help_lists_the_commands():
 
 def test_init_writes_a_config_that_loads(tmp_path):
     path = tmp_path / "node.toml"
-    r = invoke("init", path, "--node-id", "site-a", "--neighbour", "site-b=10.0.0.2:50051",
-               "--model", "some/model", "--data", "train.jsonl")
+    r = invoke(
+        "init",
+        path,
+        "--node-id",
+        "site-a",
+        "--neighbour",
+        "site-b=10.0.0.2:50051",
+        "--model",
+        "some/model",
+        "--data",
+        "train.jsonl",
+    )
     assert r.exit_code == 0, r.output
     cfg = load_node_config(path)
     assert cfg.node_id == "site-a" and cfg.neighbours[0].id == "site-b"
@@ -35,21 +45,25 @@ def test_init_writes_a_config_that_loads(tmp_path):
     assert again.exit_code == 2 and "--force" in again.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["node", "run", "--config", "missing.toml"], "no such config file"),
-    (["init", "x.toml", "--neighbour", "nonsense"], "ID=HOST:PORT"),
-    (["scenario", "run", "missing.toml", "--out", "o"], "no such scenario file"),
-    (["scenario", "run", "scenarios/ring4.toml", "--out", "o", "--set", "gossip.roundz=3"], "roundz"),
-    (["scenario", "run", "scenarios/ring4.toml", "--out", "o", "--runner", "ssh"], "--runner"),
-    (["status", "127.0.0.1:1", "--timeout", "2"], "status request to 127.0.0.1:1 failed"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["node", "run", "--config", "missing.toml"], "no such config file"),
+        (["init", "x.toml", "--neighbour", "nonsense"], "ID=HOST:PORT"),
+        (["scenario", "run", "missing.toml", "--out", "o"], "no such scenario file"),
+        (["scenario", "run", "scenarios/ring4.toml", "--out", "o", "--set", "gossip.roundz=3"], "roundz"),
+        (["scenario", "run", "scenarios/ring4.toml", "--out", "o", "--runner", "ssh"], "--runner"),
+        (["status", "127.0.0.1:1", "--timeout", "2"], "no fedpeer node answers at 127.0.0.1:1"),
+    ],
+)
 def test_user_mistakes_are_one_readable_line(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "scenarios").mkdir()
     from pathlib import Path
 
     (tmp_path / "scenarios" / "ring4.toml").write_text(
-        (Path(__file__).parent.parent / "scenarios" / "ring4.toml").read_text())
+        (Path(__file__).parent.parent / "scenarios" / "ring4.toml").read_text()
+    )
     r = invoke(*args)
     assert r.exit_code == 2, r.output
     assert message in r.output
@@ -108,7 +122,39 @@ linger_s = 0.1
     r = invoke("export", "--config", tmp_path / "node0.toml", "--out", tmp_path / "adapter")
     assert r.exit_code == 0, r.output
     assert re.search(r"exported round 2 of node0", r.output)
-    base = AutoModelForCausalLM.from_pretrained(cfg.model.path)
-    model = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    from fedpeer import checkpoint
+    from fedpeer.model.dual_lora import load_dual_lora
+
+    site = load_dual_lora(cfg.model, cfg.adapter, torch.device("cpu"), local_seed=0)
+    site.load_adapter_state(checkpoint.load(cfg.state_dir).group("adapter"))
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(cfg.model.path), tmp_path / "adapter"
+    )
     ids = torch.tensor([[1, 2, 3, 4]])
-    assert torch.isfinite(model(input_ids=ids).logits).all()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(input_ids=ids).logits, site.model(input_ids=ids).logits, atol=1e-5, rtol=0
+        )
+
+
+def test_status_of_a_live_node(tmp_path):
+    from fedpeer.node import Node
+    from fedpeer.scenario.runner import free_loopback_addresses
+    from fedpeer.scenario.spec import node_names, prepare
+    from fedpeer.transport.grpc_transport import GrpcTransport
+    from tests.meshutil import tiny_spec
+
+    spec = tiny_spec(nodes=2, topology="complete")
+    cfg = prepare(spec, tmp_path, free_loopback_addresses(node_names(spec))).nodes[0]
+    node = Node(cfg, GrpcTransport())
+    node.address = node.transport.serve(cfg.listen, node)
+    try:
+        r = invoke("status", node.address, "--json")
+        assert r.exit_code == 0, r.output
+        info = json.loads(r.output)
+        assert info["health"] == "SERVING" and info["node"]["node_id"] == "node0"
+        assert info["phase"] == "starting" and [n["node_id"] for n in info["neighbours"]] == ["node1"]
+        table = invoke("status", node.address)
+        assert "node1" in table.output and "SERVING" in table.output
+    finally:
+        node.close()

@@ -17,10 +17,13 @@ def test_killed_node_resumes_and_catches_up(tmp_path):
     # Rounds of ~2 s: the mesh must still be running when the restarted process (which needs
     # ~10-20 s to import torch on a busy 2-core machine) comes back.
     spec = tiny_spec(
-        nodes=3, topology="ring", train={"steps_per_round": 100, "lr": 3e-3},
+        nodes=3,
+        topology="ring",
+        train={"steps_per_round": 100, "lr": 3e-3},
         gossip={"rounds": 24, "round_timeout_s": 30.0, "join_timeout_s": 60.0, "linger_s": 1.0},
         codec={"name": "fp16"},
-        faults=[{"kind": "kill", "node": "node1", "at_round": 2, "restart_at_round": 3}])
+        faults=[{"kind": "kill", "node": "node1", "at_round": 2, "restart_at_round": 3}],
+    )
     prepared = prepare_for_processes(spec, tmp_path)
     lines = []
     rows = ProcessRunner(prepared, echo=lines.append).run(timeout_s=600)
@@ -39,8 +42,12 @@ def test_killed_node_resumes_and_catches_up(tmp_path):
         recs = records(tmp_path, other)
         assert [r["round"] for r in recs] == list(range(1, 25))
         down = [r for r in recs if 3 <= r["round"] < resumed_at - 1]
-        assert down and all(r["neighbours_heard"] == [n for n in ("node0", "node2") if n != other] for r in down)
+        assert down and all(
+            r["neighbours_heard"] == [n for n in ("node0", "node2") if n != other] for r in down
+        )
         # Not waiting for the dead node: far below round_timeout_s.
         assert all(r["transfer_s"] < 10 for r in down)
         assert any("node1" in r["resynced"] for r in recs), f"{other} never resynced node1"
-        assert recs[-1]["neighbours_heard"] == sorted(["node1", next(n for n in ("node0", "node2") if n != other)])
+        assert recs[-1]["neighbours_heard"] == sorted(
+            ["node1", next(n for n in ("node0", "node2") if n != other)]
+        )

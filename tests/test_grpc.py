@@ -11,17 +11,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fedpeer import PROTOCOL_VERSION
 from fedpeer.codec import DecodeLimits, get_codec
 from fedpeer.errors import FrameRejected, HandshakeError, PeerUnavailable
+from fedpeer.node import Node
 from fedpeer.proto.v1 import mesh_pb2 as pb
 from fedpeer.proto.v1 import mesh_pb2_grpc as pb_grpc
-from fedpeer.node import Node
 from fedpeer.scenario.runner import free_loopback_addresses
 from fedpeer.scenario.spec import prepare
 from fedpeer.transport.grpc_transport import SERVICE_NAME, GrpcTransport
 from fedpeer.wire.frames import CHUNK_BYTES, AckInfo, FrameKind, PeerInfo, StatusInfo, encode_frame
 from tests.meshutil import tiny_spec
 
-ME = PeerInfo(node_id="a", protocol_version=PROTOCOL_VERSION, fingerprint="f", fingerprint_fields={},
-              codecs=("lossless",), round=0, degree=1, epoch="e", address="")
+ME = PeerInfo(
+    node_id="a",
+    protocol_version=PROTOCOL_VERSION,
+    fingerprint="f",
+    fingerprint_fields={},
+    codecs=("lossless",),
+    round=0,
+    degree=1,
+    epoch="e",
+    address="",
+)
 
 
 class Recorder:
@@ -45,8 +54,14 @@ class Recorder:
         return self.frames[-1]
 
     def on_status(self):
-        return StatusInfo(node=ME, phase="training", rounds_total=5, neighbours=(), last_train_loss=1.0,
-                          consensus_distance=0.5)
+        return StatusInfo(
+            node=ME,
+            phase="training",
+            rounds_total=5,
+            neighbours=(),
+            last_train_loss=1.0,
+            consensus_distance=0.5,
+        )
 
 
 @pytest.fixture
@@ -61,8 +76,9 @@ def served():
 def big_frame(round=1, seq=1):
     # ~2.5 MiB of incompressible fp32: travels as 3 chunks.
     t = {"w": torch.randn(640, 1024, generator=torch.Generator().manual_seed(0))}
-    return encode_frame(t, get_codec("lossless"), sender="a", epoch="e", kind=FrameKind.UPDATE, round=round,
-                        seq=seq), t
+    return encode_frame(
+        t, get_codec("lossless"), sender="a", epoch="e", kind=FrameKind.UPDATE, round=round, seq=seq
+    ), t
 
 
 def test_large_frame_streams_in_chunks_and_round_trips(served):
@@ -112,8 +128,9 @@ def test_hostile_stream_is_refused_and_server_keeps_serving(served):
     handler, address, client = served
     with grpc.insecure_channel(address) as ch:
         stub = pb_grpc.MeshStub(ch)
-        header = pb.FrameHeader(sender="a", kind=pb.FRAME_KIND_UPDATE, round=1, seq=1, codec="lossless",
-                                payload_length=1 << 40)
+        header = pb.FrameHeader(
+            sender="a", kind=pb.FRAME_KIND_UPDATE, round=1, seq=1, codec="lossless", payload_length=1 << 40
+        )
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Exchange(iter([pb.Chunk(header=header)]), timeout=5))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -138,9 +155,12 @@ def test_mismatched_fingerprint_is_refused_on_both_sides(tmp_path, caplog):
         a.handshake(peer)
         assert peer.info is None
         assert "mesh_seed" in peer.refused and "node1 refused the handshake" in peer.refused.replace(
-            cfg_b.listen, "node1")
-        assert any("refused handshake from node0" in r.getMessage() and "mesh_seed" in r.getMessage()
-                   for r in caplog.records)
+            cfg_b.listen, "node1"
+        )
+        assert any(
+            "refused handshake from node0" in r.getMessage() and "mesh_seed" in r.getMessage()
+            for r in caplog.records
+        )
     finally:
         a.close()
         b.close()

@@ -44,8 +44,19 @@ def test_metrics_records_have_the_documented_fields(tmp_path):
     run_threads(make_nodes(prepared, lambda: MemoryTransport(net)))
     recs = read_metrics(tmp_path / "node0" / "metrics.jsonl")
     assert [r["round"] for r in recs] == [1, 2]
-    for field in ("train_loss", "eval_loss", "perplexity", "bytes_sent", "bytes_received", "raw_bytes",
-                  "encode_s", "decode_s", "round_s", "consensus_distance", "neighbours_heard"):
+    for field in (
+        "train_loss",
+        "eval_loss",
+        "perplexity",
+        "bytes_sent",
+        "bytes_received",
+        "raw_bytes",
+        "encode_s",
+        "decode_s",
+        "round_s",
+        "consensus_distance",
+        "neighbours_heard",
+    ):
         assert field in recs[-1], field
     assert recs[-1]["bytes_sent"] > 0 and recs[-1]["bytes_received"] > 0
     assert sorted(recs[-1]["neighbours_heard"]) == ["node1", "node2"]
@@ -63,8 +74,9 @@ def test_local_adapters_stay_different_while_global_ones_mix(tmp_path):
 
 def test_dead_neighbour_does_not_hang_the_round(tmp_path):
     """A neighbour that is down is not waited for: rounds take far less than round_timeout_s."""
-    spec = tiny_spec(nodes=3, topology="complete", gossip={"rounds": 2, "round_timeout_s": 60.0,
-                                                            "join_timeout_s": 1.0})
+    spec = tiny_spec(
+        nodes=3, topology="complete", gossip={"rounds": 2, "round_timeout_s": 60.0, "join_timeout_s": 1.0}
+    )
     prepared = prepared_memory(spec, tmp_path)
     net = MemoryNetwork()
     nodes = make_nodes(prepared, lambda: MemoryTransport(net))
@@ -73,7 +85,9 @@ def test_dead_neighbour_does_not_hang_the_round(tmp_path):
     run_threads(alive)
     assert time.monotonic() - t0 < 30
     rec = read_metrics(tmp_path / "node0" / "metrics.jsonl")[-1]
-    assert rec["round"] == 2 and rec["neighbours_heard"] == ["node1"] and rec["neighbours_reached"] == ["node1"]
+    assert (
+        rec["round"] == 2 and rec["neighbours_heard"] == ["node1"] and rec["neighbours_reached"] == ["node1"]
+    )
 
 
 def test_slow_neighbour_is_left_out_after_the_round_deadline(tmp_path):

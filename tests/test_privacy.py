@@ -19,9 +19,11 @@ from tests.meshutil import make_nodes, random_global_state, run_threads, tiny_sp
 # training intact.
 CANARY_B, CANARY_A = 1234.0, 1.5e-30
 PATTERNS = [struct.pack("<4f", *[c] * 4) for c in (CANARY_B, CANARY_A)] + [
-    torch.full((4,), CANARY_B, dtype=dt).numpy().tobytes() if dt != torch.bfloat16
+    torch.full((4,), CANARY_B, dtype=dt).numpy().tobytes()
+    if dt != torch.bfloat16
     else torch.full((4,), CANARY_B, dtype=dt).view(torch.int16).numpy().tobytes()
-    for dt in (torch.float16, torch.bfloat16)]
+    for dt in (torch.float16, torch.bfloat16)
+]
 
 
 def leaks(raw: bytes) -> bool:
@@ -63,10 +65,19 @@ def test_scanner_finds_a_canary_when_there_is_one():
     """Positive control: the same scan flags a frame that carries the canary, with either codec."""
     for codec in ("lossless", "fp16"):
         t = {"m.lora_B.global.weight": torch.full((8, 4), CANARY_B)}
-        frame = encode_frame(t, get_codec(codec), sender="a", epoch="e", kind=FrameKind.UPDATE, round=1, seq=1)
+        frame = encode_frame(
+            t, get_codec(codec), sender="a", epoch="e", kind=FrameKind.UPDATE, round=1, seq=1
+        )
         assert frame_leaks(frame), codec
-    named = encode_frame({"m.lora_B.local.weight": torch.ones(2, 2)}, get_codec("lossless"), sender="a",
-                         epoch="e", kind=FrameKind.UPDATE, round=1, seq=1)
+    named = encode_frame(
+        {"m.lora_B.local.weight": torch.ones(2, 2)},
+        get_codec("lossless"),
+        sender="a",
+        epoch="e",
+        kind=FrameKind.UPDATE,
+        round=1,
+        seq=1,
+    )
     assert frame_leaks(named)
 
 
@@ -80,14 +91,17 @@ def test_local_adapter_never_enters_a_message(tmp_path):
         def record(peer, msg):
             with lock:
                 records[(node_id, peer)].append(msg)
+
         return record
 
     nodes = make_nodes(prepared, lambda: GrpcTransport())
     for i, node in enumerate(nodes):
         node.transport.recorder = recorder_for(node.cfg.node_id)
         node.dual.set_global_state(random_global_state(node, seed=i))
-        canary = {k: torch.full_like(v, CANARY_B if "lora_B" in k else CANARY_A)
-                  for k, v in node.dual.local_state().items()}
+        canary = {
+            k: torch.full_like(v, CANARY_B if "lora_B" in k else CANARY_A)
+            for k, v in node.dual.local_state().items()
+        }
         assert canary, "the local adapter is empty"
         node.dual.set_local_state(canary)
         train = node.trainer.train_round
@@ -109,5 +123,11 @@ def test_local_adapter_never_enters_a_message(tmp_path):
         assert {t.name for t in f.manifest} <= global_keys
         assert not frame_leaks(f)
     # The run moved real numbers: global updates were non-zero.
-    assert any(get_codec(f.codec).decode(f.payload, f.manifest, f.codec_params, DecodeLimits())[
-        f.manifest[0].name].abs().sum() > 0 for f in updates)
+    assert any(
+        get_codec(f.codec)
+        .decode(f.payload, f.manifest, f.codec_params, DecodeLimits())[f.manifest[0].name]
+        .abs()
+        .sum()
+        > 0
+        for f in updates
+    )

@@ -24,7 +24,8 @@ def test_generated_code_matches_proto(tmp_path):
         committed = committed_root / rel
         assert committed.exists(), f"{rel} is generated but not committed: run python scripts/gen_proto.py"
         assert committed.read_bytes() == f.read_bytes(), (
-            f"fedpeer/proto/{rel} is stale: run `python scripts/gen_proto.py` and commit the result")
+            f"fedpeer/proto/{rel} is stale: run `python scripts/gen_proto.py` and commit the result"
+        )
     committed_files = {p.relative_to(committed_root) for p in committed_root.rglob("*.py*")}
     fresh_files = {p.relative_to(tmp_path / "fedpeer" / "proto") for p in fresh}
     assert committed_files == fresh_files, f"extra committed files: {committed_files - fresh_files}"

@@ -12,28 +12,57 @@ from fedpeer.wire.frames import CHUNK_BYTES, AckInfo, Frame, FrameKind, Neighbou
 
 
 def make_frame(payload: bytes = b"x" * 10, **kw) -> Frame:
-    base = dict(sender="a", epoch="e1", kind=FrameKind.UPDATE, round=3, seq=7, codec="lossless",
-                codec_params={"zstd_level": "3"}, manifest=(TensorSpec("w", (2, 3)),), payload=payload,
-                raw_bytes=24)
+    base = dict(
+        sender="a",
+        epoch="e1",
+        kind=FrameKind.UPDATE,
+        round=3,
+        seq=7,
+        codec="lossless",
+        codec_params={"zstd_level": "3"},
+        manifest=(TensorSpec("w", (2, 3)),),
+        payload=payload,
+        raw_bytes=24,
+    )
     base.update(kw)
     return Frame(**base)
 
 
-PEER = PeerInfo(node_id="n1", protocol_version=1, fingerprint="abc", fingerprint_fields={"rank": "8"},
-                codecs=("fp16", "lossless"), round=4, degree=2, epoch="ep", address="127.0.0.1:1")
+PEER = PeerInfo(
+    node_id="n1",
+    protocol_version=1,
+    fingerprint="abc",
+    fingerprint_fields={"rank": "8"},
+    codecs=("fp16", "lossless"),
+    round=4,
+    degree=2,
+    epoch="ep",
+    address="127.0.0.1:1",
+)
 
 
 def test_peer_info_round_trip():
-    assert serde.peer_info_from_proto(pb.Hello.FromString(serde.peer_info_to_proto(PEER).SerializeToString())) == PEER
+    assert (
+        serde.peer_info_from_proto(pb.Hello.FromString(serde.peer_info_to_proto(PEER).SerializeToString()))
+        == PEER
+    )
 
 
 def test_ack_and_status_round_trip():
     ack = AckInfo(accepted=False, error="replay", applied_seq=5)
     assert serde.ack_from_proto(serde.ack_to_proto(ack)) == ack
-    st = StatusInfo(node=PEER, phase="training", rounds_total=10,
-                    neighbours=(NeighbourInfo("n2", "h:2", True, 3, 3),), last_train_loss=1.5,
-                    consensus_distance=0.25)
-    assert serde.status_from_proto(pb.StatusReply.FromString(serde.status_to_proto(st).SerializeToString())) == st
+    st = StatusInfo(
+        node=PEER,
+        phase="training",
+        rounds_total=10,
+        neighbours=(NeighbourInfo("n2", "h:2", True, 3, 3),),
+        last_train_loss=1.5,
+        consensus_distance=0.25,
+    )
+    assert (
+        serde.status_from_proto(pb.StatusReply.FromString(serde.status_to_proto(st).SerializeToString()))
+        == st
+    )
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK_BYTES, CHUNK_BYTES + 1, 3 * CHUNK_BYTES + 17])

@@ -18,8 +18,15 @@ import torch
 from fedpeer.errors import CodecError
 
 __all__ = [
-    "Codec", "CodecError", "DecodeLimits", "Encoded", "TensorSpec",
-    "available_codecs", "get_codec", "manifest_of", "register",
+    "Codec",
+    "CodecError",
+    "DecodeLimits",
+    "Encoded",
+    "TensorSpec",
+    "available_codecs",
+    "get_codec",
+    "manifest_of",
+    "register",
 ]
 
 
@@ -60,8 +67,9 @@ class Codec(ABC):
         """Compress tensors (any device, float) in their iteration order."""
 
     @abstractmethod
-    def decode(self, payload: bytes, manifest: Sequence[TensorSpec], params: Mapping[str, str],
-               limits: DecodeLimits) -> dict[str, torch.Tensor]:
+    def decode(
+        self, payload: bytes, manifest: Sequence[TensorSpec], params: Mapping[str, str], limits: DecodeLimits
+    ) -> dict[str, torch.Tensor]:
         """Rebuild float32 CPU tensors in manifest order or raise CodecError."""
 
     @abstractmethod

@@ -9,8 +9,8 @@ order: the sender and all its receivers must agree on x_hat_j bit for bit. The r
    (`apply_through`) in seq order, only up to the current round, so that a mix in round t sees
    exactly the updates of rounds <= t.
 3. A replay (seq already applied or already queued) is dropped. A frame from a new epoch, or a gap
-   in seq below an update that is due, marks the neighbour for *resync*: the round loop pulls the sender's whole x_hat
-   (a snapshot with its seq) and continues from there.
+   in seq below an update that is due, marks the neighbour for *resync*: the round loop pulls the
+   sender's whole x_hat (a snapshot with its seq) and continues from there.
 4. Frames more than `max_ahead` rounds ahead of ours are refused (bounds memory).
 """
 
@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -49,8 +50,9 @@ class PublicCopies:
     def __init__(self, zeros: Mapping[str, torch.Tensor], neighbours: list[str], max_ahead: int) -> None:
         self.max_ahead = max_ahead
         self.current_round = 0
-        self.copies = {j: NeighbourCopy(x_hat={k: torch.zeros_like(v) for k, v in zeros.items()})
-                       for j in neighbours}
+        self.copies = {
+            j: NeighbourCopy(x_hat={k: torch.zeros_like(v) for k, v in zeros.items()}) for j in neighbours
+        }
         self._cv = threading.Condition()
 
     # --- called from transport threads ---------------------------------------------------------
@@ -59,8 +61,9 @@ class PublicCopies:
         with self._cv:
             c = self._copy(sender)
             if round > self.current_round + self.max_ahead:
-                raise FrameRejected(f"round {round} is more than {self.max_ahead} rounds ahead of ours "
-                                    f"({self.current_round})")
+                raise FrameRejected(
+                    f"round {round} is more than {self.max_ahead} rounds ahead of ours ({self.current_round})"
+                )
             if epoch != c.epoch:
                 # A sender we knew restarted: its old seq numbers mean nothing now. (An epoch we never
                 # saw before, with nothing applied yet, is simply adopted.)
@@ -140,14 +143,16 @@ class PublicCopies:
             return {j: self.copies[j].x_hat for j in names}
 
     # --- checkpoint ------------------------------------------------------------------------------
-    def export(self) -> tuple[dict[str, State], dict[str, dict[str, int | str]]]:
+    def export(self) -> tuple[dict[str, State], dict[str, dict[str, Any]]]:
         with self._cv:
             tensors = {j: {k: v.clone() for k, v in c.x_hat.items()} for j, c in self.copies.items()}
-            meta = {j: {"applied_seq": c.applied_seq, "epoch": c.epoch, "last_round": c.last_round}
-                    for j, c in self.copies.items()}
+            meta = {
+                j: {"applied_seq": c.applied_seq, "epoch": c.epoch, "last_round": c.last_round}
+                for j, c in self.copies.items()
+            }
             return tensors, meta
 
-    def restore(self, tensors: Mapping[str, State], meta: Mapping[str, Mapping[str, int | str]]) -> None:
+    def restore(self, tensors: Mapping[str, State], meta: Mapping[str, Mapping[str, Any]]) -> None:
         with self._cv:
             for j, c in self.copies.items():
                 if j not in tensors:
@@ -155,5 +160,9 @@ class PublicCopies:
                 for k, v in tensors[j].items():
                     c.x_hat[k].copy_(v)
                 m = meta[j]
-                c.applied_seq, c.epoch, c.last_round = int(m["applied_seq"]), str(m["epoch"]), int(m["last_round"])
+                c.applied_seq, c.epoch, c.last_round = (
+                    int(m["applied_seq"]),
+                    str(m["epoch"]),
+                    int(m["last_round"]),
+                )
                 c.pending, c.needs_resync = {}, False

@@ -55,8 +55,9 @@ class NodeProcess:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         cmd = [sys.executable, "-m", "fedpeer_cli", "node", "run", "--config", str(self.config_path)]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         log.close()
         self.starts += 1
 
@@ -83,7 +84,9 @@ class ProcessRunner:
         node_dir = Path(cfg.state_dir)
         node_dir.mkdir(parents=True, exist_ok=True)
         config_path = node_dir / "node.toml"
-        config_path.write_text(f"# written by `fedpeer scenario run` for {cfg.node_id}\n" + dump_toml(to_dict(cfg)))
+        config_path.write_text(
+            f"# written by `fedpeer scenario run` for {cfg.node_id}\n" + dump_toml(to_dict(cfg))
+        )
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         gpus = _gpu_count()
         if gpus > 1 and cfg.train.device in ("auto", "cuda"):
@@ -96,8 +99,10 @@ class ProcessRunner:
         spec = self.prepared.spec
         total = spec.gossip.rounds
         limit = timeout_s or (spec.gossip.join_timeout_s + total * (spec.gossip.round_timeout_s + 60) + 120)
-        self.echo(f"starting {len(self.nodes)} nodes ({spec.topology}, {total} rounds) under "
-                  f"{self.prepared.out_dir}; logs in <node>/node.log")
+        self.echo(
+            f"starting {len(self.nodes)} nodes ({spec.topology}, {total} rounds) under "
+            f"{self.prepared.out_dir}; logs in <node>/node.log"
+        )
         t0 = time.monotonic()
         shown = 0
         try:
@@ -122,23 +127,32 @@ class ProcessRunner:
         for name, n in self.nodes.items():
             code = n.proc.returncode if n.proc else None
             if code not in (0, None) and n.starts and not (n.killed_at and code == -signal.SIGKILL):
-                self.echo(f"{name} exited with code {code}; last lines of {n.log_path}:\n" + _tail(n.log_path))
+                self.echo(
+                    f"{name} exited with code {code}; last lines of {n.log_path}:\n" + _tail(n.log_path)
+                )
         return summarize(self.prepared)
 
     def rounds_done(self) -> dict[str, int]:
-        return {name: max((r["round"] for r in read_metrics(Path(n.cfg.state_dir) / METRICS_FILE)), default=0)
-                for name, n in self.nodes.items()}
+        return {
+            name: max((r["round"] for r in read_metrics(Path(n.cfg.state_dir) / METRICS_FILE)), default=0)
+            for name, n in self.nodes.items()
+        }
 
     def pending_restarts(self, alive: list[str]) -> bool:
         """A killed node still waiting for its restart (only while others run to meet it)."""
-        return bool(alive) and any(f.restart_at_round and self.nodes[f.node].starts < 2
-                                   for i, f in enumerate(self.prepared.spec.faults) if i in self.faults_done)
+        return bool(alive) and any(
+            f.restart_at_round and self.nodes[f.node].starts < 2
+            for i, f in enumerate(self.prepared.spec.faults)
+            if i in self.faults_done
+        )
 
     def apply_faults(self, rounds: dict[str, int], alive: list[str]) -> None:
         for i, f in enumerate(self.prepared.spec.faults):
             node = self.nodes.get(f.node)
             if node is None:
-                raise FedpeerError(f"fault {i} names unknown node {f.node!r}; nodes are {', '.join(self.nodes)}")
+                raise FedpeerError(
+                    f"fault {i} names unknown node {f.node!r}; nodes are {', '.join(self.nodes)}"
+                )
             if i not in self.faults_done:
                 if rounds[f.node] >= f.at_round and node.running():
                     node.stop(signal.SIGKILL)
@@ -193,14 +207,20 @@ def summarize(prepared: PreparedScenario) -> list[dict[str, Any]]:
     for cfg in prepared.nodes:
         recs = read_metrics(Path(cfg.state_dir) / METRICS_FILE)
         last = recs[-1] if recs else {}
-        rows.append({
-            "node": cfg.node_id, "rounds": len(recs), "last_round": last.get("round", 0),
-            "train_loss": last.get("train_loss"), "eval_loss": last.get("eval_loss"),
-            "accuracy": last.get("accuracy"), "macro_f1": last.get("macro_f1"),
-            "consensus_distance": last.get("consensus_distance"),
-            "bytes_sent_per_round": _median([r["bytes_sent"] for r in recs]),
-            "round_s": _median([r["round_s"] for r in recs]),
-        })
+        rows.append(
+            {
+                "node": cfg.node_id,
+                "rounds": len(recs),
+                "last_round": last.get("round", 0),
+                "train_loss": last.get("train_loss"),
+                "eval_loss": last.get("eval_loss"),
+                "accuracy": last.get("accuracy"),
+                "macro_f1": last.get("macro_f1"),
+                "consensus_distance": last.get("consensus_distance"),
+                "bytes_sent_per_round": _median([r["bytes_sent"] for r in recs]),
+                "round_s": _median([r["round_s"] for r in recs]),
+            }
+        )
     return rows
 
 
@@ -212,8 +232,10 @@ def progress_line(prepared: PreparedScenario, rnd: int, total: int, elapsed: flo
     ev = _mean([r.get("eval_loss") for r in recs])
     cd = _mean([r.get("consensus_distance") for r in recs])
     kb = _mean([r.get("bytes_sent") for r in recs])
-    return (f"[{elapsed:6.1f}s] round {rnd}/{total}: mean train_loss {_fmt(loss)}  eval_loss {_fmt(ev)}  "
-            f"consensus {_fmt(cd)}  sent {_fmt(kb and kb / 1e3)} kB/node")
+    return (
+        f"[{elapsed:6.1f}s] round {rnd}/{total}: mean train_loss {_fmt(loss)}  eval_loss {_fmt(ev)}  "
+        f"consensus {_fmt(cd)}  sent {_fmt(kb and kb / 1e3)} kB/node"
+    )
 
 
 def _mean(xs: list[Any]) -> float | None:

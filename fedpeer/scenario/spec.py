@@ -126,7 +126,7 @@ def with_overrides(spec: ScenarioSpec, overrides: dict[str, Any]) -> ScenarioSpe
         hints = typing.get_type_hints(type(target))
         if name not in hints:
             raise ConfigError(f"override {key}: {name!r} is not a setting of {section or 'the scenario'}")
-        updated = dataclasses.replace(target, **{name: convert_value(hints[name], value, key)})  # type: ignore[type-var]
+        updated: Any = dataclasses.replace(target, **{name: convert_value(hints[name], value, key)})  # type: ignore[type-var]
         out = dataclasses.replace(out, **{section: updated}) if section else updated
     return out
 
@@ -145,7 +145,7 @@ def prepare(spec: ScenarioSpec, out_dir: str | Path, addresses: dict[str, str]) 
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    graph = build_topology(spec.topology, spec.nodes, seed=spec.topology_seed, edges=spec.edges)
+    graph = _graph(spec)
     names = sorted(graph.nodes, key=_node_order)
     missing = [n for n in names if n not in addresses]
     if missing:
@@ -156,19 +156,31 @@ def prepare(spec: ScenarioSpec, out_dir: str | Path, addresses: dict[str, str]) 
     for name in names:
         train_file, eval_file = data_files[name]
         cfg = NodeConfig(
-            node_id=name, state_dir=str(out / name), listen=addresses[name],
+            node_id=name,
+            state_dir=str(out / name),
+            listen=addresses[name],
             neighbours=tuple(PeerConfig(j, addresses[j]) for j in neighbours(graph, name)),
-            model=model_cfg, adapter=spec.adapter,
+            model=model_cfg,
+            adapter=spec.adapter,
             train=dataclasses.replace(spec.train, data=str(train_file), eval_data=str(eval_file or "")),
-            gossip=spec.gossip, codec=spec.codec)
+            gossip=spec.gossip,
+            codec=spec.codec,
+        )
         cfg.validate()
         nodes.append(cfg)
     return PreparedScenario(spec=spec, out_dir=out, nodes=tuple(nodes))
 
 
 def node_names(spec: ScenarioSpec) -> list[str]:
-    graph = build_topology(spec.topology, spec.nodes, seed=spec.topology_seed, edges=spec.edges)
-    return sorted(graph.nodes, key=_node_order)
+    return sorted(_graph(spec).nodes, key=_node_order)
+
+
+def _graph(spec: ScenarioSpec) -> Any:
+    for i, e in enumerate(spec.edges):
+        if len(e) != 2:
+            raise ConfigError(f"edges[{i}] must be a pair of node names, got {list(e)}")
+    edges = [(a, b) for a, b in spec.edges]
+    return build_topology(spec.topology, spec.nodes, seed=spec.topology_seed, edges=edges)
 
 
 def _node_order(name: str) -> tuple[int, str]:
@@ -184,12 +196,20 @@ def _data_files(spec: ScenarioSpec, out: Path, names: list[str]) -> dict[str, tu
         return {n: ((base / f).resolve(), None) for n, f in zip(names, spec.data.files, strict=True)}
     from fedpeer.scenario.synth import write_demo_sites
 
-    sites = write_demo_sites(out / "data", len(names), task=spec.model.task, seed=spec.data.seed,
-                             n_train=spec.data.n_train, n_eval=spec.data.n_eval)
+    sites = write_demo_sites(
+        out / "data",
+        len(names),
+        task=spec.model.task,
+        seed=spec.data.seed,
+        n_train=spec.data.n_train,
+        n_eval=spec.data.n_eval,
+    )
     return {n: (Path(s) / "train.jsonl", Path(s) / "eval.jsonl") for n, s in zip(names, sites, strict=True)}
 
 
-def _model_config(spec: ScenarioSpec, out: Path, data_files: dict[str, tuple[Path, Path | None]]) -> ModelConfig:
+def _model_config(
+    spec: ScenarioSpec, out: Path, data_files: dict[str, tuple[Path, Path | None]]
+) -> ModelConfig:
     model = spec.model
     if spec.model.task == "seq-cls" and not model.labels and spec.data.generator == "demo":
         from fedpeer.scenario.synth import DEMO_LABELS
@@ -201,16 +221,25 @@ def _model_config(spec: ScenarioSpec, out: Path, data_files: dict[str, tuple[Pat
 
     t = spec.tiny_model
     corpus = _corpus(data_files)
-    path = build_tiny_model(out / "model", arch=t.arch, task=model.task, corpus=corpus, labels=model.labels,
-                            hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
-                            intermediate_size=t.intermediate_size, seed=t.seed)
+    path = build_tiny_model(
+        out / "model",
+        arch=t.arch,
+        task=model.task,
+        corpus=corpus,
+        labels=model.labels,
+        hidden_size=t.hidden_size,
+        num_layers=t.num_layers,
+        num_heads=t.num_heads,
+        intermediate_size=t.intermediate_size,
+        seed=t.seed,
+    )
     return dataclasses.replace(model, path=str(path))
 
 
 def _corpus(data_files: dict[str, tuple[Path, Path | None]]) -> list[str]:
     import json
 
-    texts = []
+    texts: list[str] = []
     for train, ev in data_files.values():
         for f in (train, ev):
             if f is not None and f.exists():

@@ -44,7 +44,9 @@ class _Servicer(pb_grpc.MeshServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return self._out(context.peer(), pb.HelloReply(node=serde.peer_info_to_proto(me)))
 
-    def Exchange(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> Iterator[pb.Ack]:
+    def Exchange(
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> Iterator[pb.Ack]:
         while True:
             try:
                 frame = serde.read_frame(request_iterator, self.max_payload)
@@ -56,8 +58,9 @@ class _Servicer(pb_grpc.MeshServicer):
             try:
                 ack = self.handler.on_frame(frame)
             except FrameRejected as exc:
-                log.warning("dropped frame from %s (round %d, seq %d): %s",
-                            frame.sender, frame.round, frame.seq, exc)
+                log.warning(
+                    "dropped frame from %s (round %d, seq %d): %s", frame.sender, frame.round, frame.seq, exc
+                )
                 ack = AckInfo(accepted=False, error=str(exc), applied_seq=0)
             yield self._out(context.peer(), serde.ack_to_proto(ack))
 
@@ -97,8 +100,10 @@ class GrpcTransport(Transport):
         host, _, _ = address.rpartition(":")
         port = server.add_insecure_port(address)
         if port == 0:
-            raise PeerUnavailable(f"cannot listen on {address}: the port is in use or the host is not local; "
-                                  "pick another `listen` address")
+            raise PeerUnavailable(
+                f"cannot listen on {address}: the port is in use or the host is not local; "
+                "pick another `listen` address"
+            )
         server.start()
         self._server = server
         for name in ("", SERVICE_NAME):
@@ -106,8 +111,9 @@ class GrpcTransport(Transport):
         return f"{host}:{port}"
 
     def set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         if self._health is not None:
             for name in ("", SERVICE_NAME):
                 self._health.set(name, status)
@@ -130,8 +136,9 @@ class GrpcTransport(Transport):
 
     def hello(self, address: str, me: PeerInfo, timeout: float) -> PeerInfo:
         try:
-            reply = self._stub(address).Handshake(self._record(address, serde.peer_info_to_proto(me)),
-                                                  timeout=timeout)
+            reply = self._stub(address).Handshake(
+                self._record(address, serde.peer_info_to_proto(me)), timeout=timeout
+            )
         except grpc.RpcError as exc:
             raise _map_error(exc, address, "handshake") from None
         return serde.peer_info_from_proto(reply.node)

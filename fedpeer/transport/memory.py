@@ -58,8 +58,9 @@ def _wire(msg: Any) -> Any:
 
 
 class MemoryTransport(Transport):
-    def __init__(self, network: MemoryNetwork, max_payload: int = 1 << 30,
-                 recorder: Recorder | None = None) -> None:
+    def __init__(
+        self, network: MemoryNetwork, max_payload: int = 1 << 30, recorder: Recorder | None = None
+    ) -> None:
         self.network = network
         self.max_payload = max_payload
         self.recorder = recorder

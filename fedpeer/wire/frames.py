@@ -87,12 +87,29 @@ class StatusInfo:
     consensus_distance: float
 
 
-def encode_frame(tensors: Mapping[str, torch.Tensor], codec: Codec, *, sender: str, epoch: str,
-                 kind: FrameKind, round: int, seq: int) -> Frame:
+def encode_frame(
+    tensors: Mapping[str, torch.Tensor],
+    codec: Codec,
+    *,
+    sender: str,
+    epoch: str,
+    kind: FrameKind,
+    round: int,
+    seq: int,
+) -> Frame:
     enc = codec.encode(tensors)
-    return Frame(sender=sender, epoch=epoch, kind=kind, round=round, seq=seq, codec=codec.name,
-                 codec_params=dict(enc.params), manifest=tuple(manifest_of(tensors)),
-                 payload=enc.payload, raw_bytes=enc.raw_bytes)
+    return Frame(
+        sender=sender,
+        epoch=epoch,
+        kind=kind,
+        round=round,
+        seq=seq,
+        codec=codec.name,
+        codec_params=dict(enc.params),
+        manifest=tuple(manifest_of(tensors)),
+        payload=enc.payload,
+        raw_bytes=enc.raw_bytes,
+    )
 
 
 def check_manifest(manifest: Sequence[TensorSpec], expected: Sequence[TensorSpec]) -> None:
@@ -101,12 +118,15 @@ def check_manifest(manifest: Sequence[TensorSpec], expected: Sequence[TensorSpec
         raise FrameRejected(f"manifest has {len(manifest)} tensors, this model expects {len(expected)}")
     for got, want in zip(manifest, expected, strict=True):
         if got != want:
-            raise FrameRejected(f"manifest entry {got.name!r} {got.shape} {got.dtype} does not match "
-                                f"this model's {want.name!r} {want.shape} {want.dtype}")
+            raise FrameRejected(
+                f"manifest entry {got.name!r} {got.shape} {got.dtype} does not match "
+                f"this model's {want.name!r} {want.shape} {want.dtype}"
+            )
 
 
-def decode_frame(frame: Frame, expected: Sequence[TensorSpec], limits: DecodeLimits,
-                 accepted_codecs: Sequence[str]) -> dict[str, torch.Tensor]:
+def decode_frame(
+    frame: Frame, expected: Sequence[TensorSpec], limits: DecodeLimits, accepted_codecs: Sequence[str]
+) -> dict[str, torch.Tensor]:
     """Validate a peer's frame against the local specs, then decode it. Raises FrameRejected."""
     check_manifest(frame.manifest, expected)
     if frame.codec not in accepted_codecs:

@@ -29,15 +29,31 @@ MAX_RANK_DIMS = 8
 
 
 def peer_info_to_proto(p: PeerInfo) -> pb.Hello:
-    return pb.Hello(node_id=p.node_id, protocol_version=p.protocol_version, fingerprint=p.fingerprint,
-                    fingerprint_fields=p.fingerprint_fields, codecs=list(p.codecs), round=p.round,
-                    degree=p.degree, epoch=p.epoch, address=p.address)
+    return pb.Hello(
+        node_id=p.node_id,
+        protocol_version=p.protocol_version,
+        fingerprint=p.fingerprint,
+        fingerprint_fields=p.fingerprint_fields,
+        codecs=list(p.codecs),
+        round=p.round,
+        degree=p.degree,
+        epoch=p.epoch,
+        address=p.address,
+    )
 
 
 def peer_info_from_proto(m: pb.Hello) -> PeerInfo:
-    return PeerInfo(node_id=m.node_id, protocol_version=m.protocol_version, fingerprint=m.fingerprint,
-                    fingerprint_fields=dict(m.fingerprint_fields), codecs=tuple(m.codecs), round=m.round,
-                    degree=m.degree, epoch=m.epoch, address=m.address)
+    return PeerInfo(
+        node_id=m.node_id,
+        protocol_version=m.protocol_version,
+        fingerprint=m.fingerprint,
+        fingerprint_fields=dict(m.fingerprint_fields),
+        codecs=tuple(m.codecs),
+        round=m.round,
+        degree=m.degree,
+        epoch=m.epoch,
+        address=m.address,
+    )
 
 
 def ack_to_proto(a: AckInfo) -> pb.Ack:
@@ -50,28 +66,58 @@ def ack_from_proto(m: pb.Ack) -> AckInfo:
 
 def status_to_proto(s: StatusInfo) -> pb.StatusReply:
     return pb.StatusReply(
-        node=peer_info_to_proto(s.node), phase=s.phase, rounds_total=s.rounds_total,
-        neighbours=[pb.NeighbourStatus(node_id=n.node_id, address=n.address, connected=n.connected,
-                                       last_round_heard=n.last_round_heard, applied_seq=n.applied_seq)
-                    for n in s.neighbours],
-        last_train_loss=s.last_train_loss, consensus_distance=s.consensus_distance)
+        node=peer_info_to_proto(s.node),
+        phase=s.phase,
+        rounds_total=s.rounds_total,
+        neighbours=[
+            pb.NeighbourStatus(
+                node_id=n.node_id,
+                address=n.address,
+                connected=n.connected,
+                last_round_heard=n.last_round_heard,
+                applied_seq=n.applied_seq,
+            )
+            for n in s.neighbours
+        ],
+        last_train_loss=s.last_train_loss,
+        consensus_distance=s.consensus_distance,
+    )
 
 
 def status_from_proto(m: pb.StatusReply) -> StatusInfo:
     return StatusInfo(
-        node=peer_info_from_proto(m.node), phase=m.phase, rounds_total=m.rounds_total,
-        neighbours=tuple(NeighbourInfo(node_id=n.node_id, address=n.address, connected=n.connected,
-                                       last_round_heard=n.last_round_heard, applied_seq=n.applied_seq)
-                         for n in m.neighbours),
-        last_train_loss=m.last_train_loss, consensus_distance=m.consensus_distance)
+        node=peer_info_from_proto(m.node),
+        phase=m.phase,
+        rounds_total=m.rounds_total,
+        neighbours=tuple(
+            NeighbourInfo(
+                node_id=n.node_id,
+                address=n.address,
+                connected=n.connected,
+                last_round_heard=n.last_round_heard,
+                applied_seq=n.applied_seq,
+            )
+            for n in m.neighbours
+        ),
+        last_train_loss=m.last_train_loss,
+        consensus_distance=m.consensus_distance,
+    )
 
 
 def header_to_proto(f: Frame) -> pb.FrameHeader:
     return pb.FrameHeader(
-        sender=f.sender, epoch=f.epoch, kind=_KIND_TO_PB[f.kind], round=f.round, seq=f.seq, codec=f.codec,
+        sender=f.sender,
+        epoch=f.epoch,
+        kind=_KIND_TO_PB[f.kind],
+        round=f.round,
+        seq=f.seq,
+        codec=f.codec,
         codec_params=f.codec_params,
         manifest=[pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=t.dtype) for t in f.manifest],
-        payload_length=len(f.payload), payload_crc32=f.crc32, raw_bytes=f.raw_bytes)
+        payload_length=len(f.payload),
+        payload_crc32=f.crc32,
+        raw_bytes=f.raw_bytes,
+    )
 
 
 def frame_to_chunks(f: Frame, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.Chunk]:
@@ -79,7 +125,7 @@ def frame_to_chunks(f: Frame, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.Chu
     yield pb.Chunk(header=header_to_proto(f))
     view = memoryview(f.payload)
     for start in range(0, len(view), chunk_bytes):
-        yield pb.Chunk(data=bytes(view[start:start + chunk_bytes]))
+        yield pb.Chunk(data=bytes(view[start : start + chunk_bytes]))
 
 
 def _check_header(h: pb.FrameHeader, max_payload: int) -> None:
@@ -119,10 +165,20 @@ def read_frame(chunks: Iterator[pb.Chunk], max_payload: int) -> Frame | None:
             raise FrameRejected("payload chunk overruns the declared payload length")
         buf += c.data
         wire += c.ByteSize()
-    return Frame(sender=h.sender, epoch=h.epoch, kind=_KIND_FROM_PB[h.kind], round=h.round, seq=h.seq,
-                 codec=h.codec, codec_params=dict(h.codec_params),
-                 manifest=tuple(TensorSpec(t.name, tuple(int(d) for d in t.shape), t.dtype) for t in h.manifest),
-                 payload=bytes(buf), raw_bytes=h.raw_bytes, crc32=h.payload_crc32, wire_bytes=wire)
+    return Frame(
+        sender=h.sender,
+        epoch=h.epoch,
+        kind=_KIND_FROM_PB[h.kind],
+        round=h.round,
+        seq=h.seq,
+        codec=h.codec,
+        codec_params=dict(h.codec_params),
+        manifest=tuple(TensorSpec(t.name, tuple(int(d) for d in t.shape), t.dtype) for t in h.manifest),
+        payload=bytes(buf),
+        raw_bytes=h.raw_bytes,
+        crc32=h.payload_crc32,
+        wire_bytes=wire,
+    )
 
 
 def frames_to_chunks(frames: Iterable[Frame]) -> Iterator[pb.Chunk]:
