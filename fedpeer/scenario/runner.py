@@ -14,12 +14,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fedpeer.config import NodeConfig, dump_toml, to_dict
-from fedpeer.errors import FedpeerError
 from fedpeer.metrics import FILENAME as METRICS_FILE
 from fedpeer.metrics import read_metrics
 from fedpeer.scenario.spec import PreparedScenario, ScenarioSpec, node_names, prepare
@@ -42,76 +40,134 @@ def free_loopback_addresses(names: list[str]) -> dict[str, str]:
     return out
 
 
-@dataclass
-class NodeProcess:
-    cfg: NodeConfig
-    config_path: Path
-    log_path: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    killed_at: list[float] = field(default_factory=list)
+class Launcher(Protocol):
+    """How a runner starts and stops nodes: OS processes, processes in network namespaces, containers.
 
-    def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
-        cmd = [sys.executable, "-m", "fedpeer_cli", "node", "run", "--config", str(self.config_path)]
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
-        log.close()
-        self.starts += 1
+    The mesh driver (`MeshRunner`) only needs these calls; metrics are read from each node's
+    state_dir, which every launcher makes visible on this machine.
+    """
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def start(self, cfg: NodeConfig) -> None: ...
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.running():
-            assert self.proc is not None
+    def running(self, node_id: str) -> bool: ...
+
+    def kill(self, node_id: str) -> None:
+        """Stop a node abruptly (SIGKILL or equivalent): no chance to clean up."""
+
+    def exit_code(self, node_id: str) -> int | None: ...
+
+    def log_path(self, node_id: str) -> Path: ...
+
+    def teardown(self) -> None:
+        """Stop everything this launcher started; safe to call twice and after failures."""
+
+
+def write_node_config(cfg: NodeConfig) -> Path:
+    node_dir = Path(cfg.state_dir)
+    node_dir.mkdir(parents=True, exist_ok=True)
+    path = node_dir / "node.toml"
+    path.write_text(f"# written by `fedpeer scenario run` for {cfg.node_id}\n" + dump_toml(to_dict(cfg)))
+    return path
+
+
+def node_env(index: int, n_nodes: int, cfg: NodeConfig) -> dict[str, str]:
+    """Environment of a node process: offline hub, GPU assignment, one BLAS thread pool per core share."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    gpus = _gpu_count()
+    if gpus > 1 and cfg.train.device in ("auto", "cuda"):
+        env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)  # spread nodes over the GPUs
+    # Many nodes share few cores: splitting the cores avoids oversubscription.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_nodes)))
+    return env
+
+
+def node_command(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "fedpeer_cli", "node", "run", "--config", str(config_path)]
+
+
+class ProcessLauncher:
+    """Each node a child process on this machine (its own session, so a kill takes its children)."""
+
+    def __init__(self, n_nodes: int, wrap: Callable[[str, list[str]], list[str]] | None = None) -> None:
+        self.n_nodes = n_nodes
+        self.wrap = wrap  # e.g. `ip netns exec NS ...` for the netns runner
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+        self._index: dict[str, int] = {}
+
+    def start(self, cfg: NodeConfig) -> None:
+        config_path = write_node_config(cfg)
+        self._index.setdefault(cfg.node_id, len(self._index))
+        self.logs[cfg.node_id] = Path(cfg.state_dir) / "node.log"
+        cmd = node_command(config_path)
+        if self.wrap is not None:
+            cmd = self.wrap(cfg.node_id, cmd)
+        with open(self.logs[cfg.node_id], "ab") as log:
+            self.procs[cfg.node_id] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=node_env(self._index[cfg.node_id], self.n_nodes, cfg))
+
+    def running(self, node_id: str) -> bool:
+        p = self.procs.get(node_id)
+        return p is not None and p.poll() is None
+
+    def _signal(self, node_id: str, sig: int) -> None:
+        if self.running(node_id):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
+                os.killpg(self.procs[node_id].pid, sig)
+
+    def kill(self, node_id: str) -> None:
+        self._signal(node_id, signal.SIGKILL)
+
+    def exit_code(self, node_id: str) -> int | None:
+        p = self.procs.get(node_id)
+        return None if p is None else p.poll()
+
+    def log_path(self, node_id: str) -> Path:
+        return self.logs[node_id]
+
+    def teardown(self) -> None:
+        for node_id in self.procs:
+            self._signal(node_id, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for node_id, p in self.procs.items():
+            while p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self._signal(node_id, signal.SIGKILL)
+            p.wait()
 
 
-class ProcessRunner:
-    """Starts one `fedpeer node run` process per node, shows progress, applies faults, tears down."""
+class MeshRunner:
+    """Starts every node through a launcher, shows progress, applies the fault schedule, tears down."""
 
-    def __init__(self, prepared: PreparedScenario, echo: Echo = print) -> None:
+    def __init__(self, prepared: PreparedScenario, launcher: Launcher, echo: Echo = print) -> None:
         self.prepared = prepared
+        self.launcher = launcher
         self.echo = echo
-        self.nodes = {cfg.node_id: self._node_process(i, cfg) for i, cfg in enumerate(prepared.nodes)}
+        self.configs = {cfg.node_id: cfg for cfg in prepared.nodes}
+        self.starts: dict[str, int] = dict.fromkeys(self.configs, 0)
+        self.killed: set[str] = set()
         self.faults_done: set[int] = set()
 
-    def _node_process(self, index: int, cfg: NodeConfig) -> NodeProcess:
-        node_dir = Path(cfg.state_dir)
-        node_dir.mkdir(parents=True, exist_ok=True)
-        config_path = node_dir / "node.toml"
-        config_path.write_text(
-            f"# written by `fedpeer scenario run` for {cfg.node_id}\n" + dump_toml(to_dict(cfg))
-        )
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        gpus = _gpu_count()
-        if gpus > 1 and cfg.train.device in ("auto", "cuda"):
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)  # spread nodes over the GPUs
-        # Many nodes share few cores: one intra-op thread each avoids oversubscription.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.prepared.nodes))))
-        return NodeProcess(cfg, config_path, node_dir / "node.log", env)
+    def start(self, node_id: str) -> None:
+        self.launcher.start(self.configs[node_id])
+        self.starts[node_id] += 1
 
     def run(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
         spec = self.prepared.spec
         total = spec.gossip.rounds
         limit = timeout_s or (spec.gossip.join_timeout_s + total * (spec.gossip.round_timeout_s + 60) + 120)
-        self.echo(
-            f"starting {len(self.nodes)} nodes ({spec.topology}, {total} rounds) under "
-            f"{self.prepared.out_dir}; logs in <node>/node.log"
-        )
+        self.echo(f"starting {len(self.configs)} nodes ({spec.topology}, {total} rounds) under "
+                  f"{self.prepared.out_dir}; logs in <node>/node.log")
         t0 = time.monotonic()
         shown = 0
         try:
-            for n in self.nodes.values():
-                n.start()
+            for node_id in self.configs:
+                self.start(node_id)
             while True:
                 rounds = self.rounds_done()
-                alive = [name for name, n in self.nodes.items() if n.running()]
-                low = min(rounds[name] for name in alive) if alive else max(rounds.values())
+                alive = [n for n in self.configs if self.launcher.running(n)]
+                low = min(rounds[n] for n in alive) if alive else max(rounds.values())
                 if low > shown:
                     shown = low
                     self.echo(progress_line(self.prepared, shown, total, time.monotonic() - t0))
@@ -123,58 +179,42 @@ class ProcessRunner:
                     break
                 time.sleep(0.5)
         finally:
-            self.teardown()
-        for name, n in self.nodes.items():
-            code = n.proc.returncode if n.proc else None
-            if code not in (0, None) and n.starts and not (n.killed_at and code == -signal.SIGKILL):
-                self.echo(
-                    f"{name} exited with code {code}; last lines of {n.log_path}:\n" + _tail(n.log_path)
-                )
+            self.launcher.teardown()
+        for node_id in self.configs:
+            code = self.launcher.exit_code(node_id)
+            if code not in (0, None) and node_id not in self.killed:
+                self.echo(f"{node_id} exited with code {code}; last lines of its log:\n"
+                          + _tail(self.launcher.log_path(node_id)))
         return summarize(self.prepared)
 
     def rounds_done(self) -> dict[str, int]:
-        return {
-            name: max((r["round"] for r in read_metrics(Path(n.cfg.state_dir) / METRICS_FILE)), default=0)
-            for name, n in self.nodes.items()
-        }
+        return {n: max((r["round"] for r in read_metrics(Path(cfg.state_dir) / METRICS_FILE)), default=0)
+                for n, cfg in self.configs.items()}
 
     def pending_restarts(self, alive: list[str]) -> bool:
         """A killed node still waiting for its restart (only while others run to meet it)."""
-        return bool(alive) and any(
-            f.restart_at_round and self.nodes[f.node].starts < 2
-            for i, f in enumerate(self.prepared.spec.faults)
-            if i in self.faults_done
-        )
+        return bool(alive) and any(f.restart_at_round and self.starts[f.node] < 2
+                                   for i, f in enumerate(self.prepared.spec.faults) if i in self.faults_done)
 
     def apply_faults(self, rounds: dict[str, int], alive: list[str]) -> None:
         for i, f in enumerate(self.prepared.spec.faults):
-            node = self.nodes.get(f.node)
-            if node is None:
-                raise FedpeerError(
-                    f"fault {i} names unknown node {f.node!r}; nodes are {', '.join(self.nodes)}"
-                )
             if i not in self.faults_done:
-                if rounds[f.node] >= f.at_round and node.running():
-                    node.stop(signal.SIGKILL)
-                    node.killed_at.append(time.monotonic())
+                if rounds[f.node] >= f.at_round and self.launcher.running(f.node):
+                    self.launcher.kill(f.node)
+                    self.killed.add(f.node)
                     self.faults_done.add(i)
                     self.echo(f"fault: killed {f.node} (SIGKILL) after its round {rounds[f.node]}")
                 continue
             others = [rounds[n] for n in alive if n != f.node]
-            if f.restart_at_round and node.starts < 2 and others and min(others) >= f.restart_at_round:
-                node.start()
+            due = f.restart_at_round and others and min(others) >= f.restart_at_round
+            if due and self.starts[f.node] < 2:
+                self.start(f.node)
                 self.echo(f"fault: restarted {f.node} (the others are at round {min(others)})")
 
-    def teardown(self) -> None:
-        for n in self.nodes.values():
-            n.stop(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for n in self.nodes.values():
-            while n.running() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            n.stop(signal.SIGKILL)
-            if n.proc is not None:
-                n.proc.wait()
+
+def ProcessRunner(prepared: PreparedScenario, echo: Echo = print) -> MeshRunner:  # noqa: N802
+    """Every node its own OS process on 127.0.0.1 over real gRPC."""
+    return MeshRunner(prepared, ProcessLauncher(len(prepared.nodes)), echo)
 
 
 def run_inprocess(prepared: PreparedScenario, recorder: Any = None) -> list[dict[str, Any]]:

@@ -147,6 +147,10 @@ def prepare(spec: ScenarioSpec, out_dir: str | Path, addresses: dict[str, str]) 
     out.mkdir(parents=True, exist_ok=True)
     graph = _graph(spec)
     names = sorted(graph.nodes, key=_node_order)
+    for i, f in enumerate(spec.faults):
+        if f.node not in names:
+            raise ConfigError(f"faults[{i}].node {f.node!r} is not a node of this scenario "
+                              f"({', '.join(names)})")
     missing = [n for n in names if n not in addresses]
     if missing:
         raise ConfigError(f"no address for nodes {missing}")
