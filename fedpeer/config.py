@@ -20,6 +20,7 @@ from fedpeer.errors import ConfigError
 TASKS = ("causal-lm", "seq-cls")
 CODECS = ("lossless", "fp16")
 HEAD_SCOPES = ("global", "local")
+WEIGHTINGS = ("metropolis-hastings", "data-size", "val-loss")
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,13 @@ class GossipConfig:
     join_timeout_s: float = 60.0
     # Frames for rounds further ahead than this are refused (bounds the inbox).
     max_rounds_ahead: int = 2
-    # Wait for all nodes of the mesh to finish the last round before exiting (serves snapshots).
+    # Seconds to keep serving after the last round (slower neighbours may still need a snapshot).
     linger_s: float = 5.0
+    # Mixing weights. metropolis-hastings: w_ij = 1/(1+max(d_i,d_j)), the mesh averages uniformly.
+    # data-size / val-loss: Metropolis-Hastings towards a target distribution pi (pi_i = the
+    # site's number of training examples, or exp(1 - val_loss) as in Fed-MedLoRA+), so the mesh
+    # converges to the pi-weighted average instead (see docs/protocol.md).
+    weighting: str = "metropolis-hastings"
 
     def validate(self) -> None:
         _require(self.rounds >= 1, "gossip.rounds", "must be >= 1")
@@ -114,6 +120,8 @@ class GossipConfig:
         for name in ("round_timeout_s", "rpc_timeout_s", "join_timeout_s"):
             _require(getattr(self, name) > 0, f"gossip.{name}", "must be > 0 seconds")
         _require(self.max_rounds_ahead >= 1, "gossip.max_rounds_ahead", "must be >= 1")
+        _require(self.weighting in WEIGHTINGS, "gossip.weighting",
+                 f"must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
 
 
 @dataclass(frozen=True)

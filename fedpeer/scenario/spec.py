@@ -44,11 +44,14 @@ class TinyModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    # "demo": synthetic clinical-report-style sites (fedpeer.scenario.synth); "files": `files` below.
+    # "demo": small synthetic report-style sites (fedpeer.scenario.synth); "clinical": the
+    # heterogeneous multi-site generator (fedpeer.scenario.clinical); "files": `files` below.
     generator: str = "demo"
     n_train: int = 200
     n_eval: int = 50
     seed: int = 0
+    # clinical: Dirichlet concentration of each site's label mix (small = strong label skew).
+    alpha: float = 0.5
     # One JSONL per node, in node order (relative to the scenario file), when generator = "files".
     files: tuple[str, ...] = ()
 
@@ -110,8 +113,8 @@ def parse_scenario(data: dict[str, Any]) -> ScenarioSpec:
             raise ConfigError(f"faults[{i}].kind must be 'kill', got {f.kind!r}")
         if f.restart_at_round and f.restart_at_round <= f.at_round:
             raise ConfigError(f"faults[{i}].restart_at_round must come after at_round")
-    if spec.data.generator not in ("demo", "files"):
-        raise ConfigError(f"data.generator must be 'demo' or 'files', got {spec.data.generator!r}")
+    if spec.data.generator not in ("demo", "clinical", "files"):
+        raise ConfigError(f"data.generator must be demo, clinical or files, got {spec.data.generator!r}")
     return spec
 
 
