@@ -121,6 +121,8 @@ class Node:
         self.phase = "starting"
         self.last_loss = math.nan
         self.last_distance = math.nan
+        self.last_eval_loss = math.nan
+        self.pi = 1.0
         self._self_lock = threading.Lock()
         self._io: dict[int, RoundIO] = defaultdict(RoundIO)
         self._io_lock = threading.Lock()
@@ -160,6 +162,7 @@ class Node:
             self.last_loss = self.trainer.train_round()
 
         self.phase = "encoding"
+        self.pi = self.round_pi()
         with timer.span("encode"):
             x = self.dual.global_state()
             frame = self.encode_update(t, choco.difference(x, self.x_hat_self))
@@ -183,6 +186,7 @@ class Node:
         self.phase = "evaluating"
         with timer.span("eval"):
             evaluation = self.trainer.evaluate()
+        self.last_eval_loss = evaluation.get("eval_loss", math.nan)
 
         self.completed_round = t
         with timer.span("checkpoint"):
@@ -204,6 +208,7 @@ class Node:
                 kind=FrameKind.UPDATE,
                 round=t,
                 seq=self.seq + 1,
+                mix_weight=self.pi,
             )
             q_wire = decode_frame(frame, self.specs, self.limits, [self.codec.name])
             choco.add_(self.x_hat_self, {k: v.to(self.device) for k, v in q_wire.items()})
@@ -269,7 +274,12 @@ class Node:
             log.warning("%s: resync of %s failed, leaving it out this round: %s", self.cfg.node_id, j, exc)
             return
         self.copies.install_snapshot(
-            j, frame.epoch, frame.round, frame.seq, {k: v.to(self.device) for k, v in x_hat.items()}
+            j,
+            frame.epoch,
+            frame.round,
+            frame.seq,
+            {k: v.to(self.device) for k, v in x_hat.items()},
+            mix_weight=frame.mix_weight,
         )
         self._count_io(frame.round, bytes_received=frame.wire_bytes)
         log.info(
@@ -281,9 +291,26 @@ class Node:
         )
 
     def weights(self, heard: list[str]) -> dict[str, float]:
-        """Metropolis-Hastings weights; a neighbour not heard keeps its weight with us."""
+        """Metropolis-Hastings weights towards the target distribution pi (uniform by default):
+        w_ij = min(1, pi_j / pi_i) / (1 + max(d_i, d_j)). Detailed balance (pi_i w_ij = pi_j w_ji)
+        keeps sum_i pi_i x_i unchanged by mixing, so the mesh converges to the pi-weighted average.
+        A neighbour not heard this round keeps its weight with us."""
         d_i = len(self.peers)
-        return {j: metropolis_hastings(d_i, self.peers[j].info.degree) for j in heard}  # type: ignore[union-attr]
+        pis = self.copies.mix_weights(heard)
+        return {
+            j: metropolis_hastings(d_i, self.peers[j].info.degree) * min(1.0, pis[j] / self.pi)  # type: ignore[union-attr]
+            for j in heard
+        }
+
+    def round_pi(self) -> float:
+        """This round's pi_i for gossip.weighting (1.0 for plain Metropolis-Hastings)."""
+        w = self.cfg.gossip.weighting
+        if w == "data-size":
+            return float(self.trainer.train_size)
+        if w == "val-loss" and math.isfinite(self.last_eval_loss):
+            # Fed-MedLoRA+: sites whose adapter fits their data better weigh more.
+            return math.exp(1.0 - self.last_eval_loss)
+        return 1.0
 
     # ================================================================ joining and handshakes
     def me(self) -> PeerInfo:
@@ -406,6 +433,7 @@ class Node:
                 frame.round,
                 frame.seq,
                 {k: v.to(self.device) for k, v in q.items()},
+                mix_weight=frame.mix_weight,
             )
         except FrameRejected:
             self._count_io(frame.round, rejected=1)
@@ -423,6 +451,7 @@ class Node:
                 kind=FrameKind.SNAPSHOT,
                 round=self.sent_round,
                 seq=self.seq,
+                mix_weight=self.pi,
             )
 
     def on_status(self) -> StatusInfo:
@@ -469,6 +498,9 @@ class Node:
             "round": self.completed_round,
             "seq": self.seq,
             "sent_round": self.sent_round,
+            "pi": self.pi,
+            # JSON has no NaN: None until the first evaluation.
+            "last_eval_loss": self.last_eval_loss if math.isfinite(self.last_eval_loss) else None,
             "fingerprint": self.dual.fingerprint(),
             "copies": copies_meta,
             "trainer": self.trainer.state_meta(),
@@ -492,6 +524,8 @@ class Node:
         self.copies.restore({j: ck.group(f"copy.{j}") for j in self.peers}, ck.meta["copies"])
         self.completed_round, self.seq = int(ck.meta["round"]), int(ck.meta["seq"])
         self.sent_round = int(ck.meta["sent_round"])
+        self.pi = float(ck.meta.get("pi", 1.0))
+        self.last_eval_loss = float(ck.meta.get("last_eval_loss") or math.nan)
         self.copies.set_round(self.completed_round)
         log.info(
             "%s: resumed from %s at round %d (seq %d)",
@@ -539,6 +573,7 @@ class Node:
             "checkpoint_s": s["checkpoint"],
             "round_s": time.perf_counter() - t_start,
             "consensus_distance": self.last_distance,
+            "mix_weight": self.pi,
             "global_norm": math.sqrt(
                 sum(float(v.double().pow(2).sum()) for v in self.dual.global_state().values())
             ),

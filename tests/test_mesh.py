@@ -124,3 +124,58 @@ def test_resume_from_checkpoint_restores_state(tmp_path):
         torch.testing.assert_close(again.x_hat_self[k], v, atol=0, rtol=0)
     assert again.copies.copies["node1"].applied_seq == before.copies.copies["node1"].applied_seq == 2
     assert again.epoch != before.epoch
+
+
+def test_data_aware_mixing_matches_reference_and_preserves_the_weighted_mean(tmp_path):
+    """weighting = data-size: x <- W_pi x with w_ij = min(1, pi_j/pi_i)/(1+max(d_i,d_j)), which keeps
+    sum_i pi_i x_i fixed, so the mesh heads for the data-weighted average instead of the plain one."""
+    n, rounds = 4, 4
+    sizes = [10.0, 20.0, 40.0, 80.0]
+    from fedpeer.scenario.synth import write_demo_sites
+
+    site = write_demo_sites(tmp_path / "pool", 1, task="causal-lm", n_train=80, n_eval=8)[0]
+    rows = (site / "train.jsonl").read_text().splitlines()
+    files = []
+    for i, size in enumerate(sizes):
+        f = tmp_path / f"site{i}.jsonl"
+        f.write_text("\n".join(rows[: int(size)]) + "\n")
+        files.append(str(f))
+    spec = tiny_spec(
+        nodes=n,
+        topology="ring",
+        train={"lr": 0.0, "steps_per_round": 0, "eval_fraction": 0.1},
+        gossip={"rounds": rounds, "weighting": "data-size"},
+        data={"generator": "files", "files": files},
+    )
+    prepared = prepared_memory(spec, tmp_path / "run")
+    net = MemoryNetwork()
+    nodes = make_nodes(prepared, lambda: MemoryTransport(net))
+    sizes = [float(nd.trainer.train_size) for nd in nodes]  # after the eval hold-out
+    assert len(set(sizes)) == n
+    x0 = {}
+    for i, node in enumerate(nodes):
+        x0[node.cfg.node_id] = random_global_state(node, seed=10 + i)
+        node.dual.set_global_state(x0[node.cfg.node_id])
+    run_threads(nodes)
+
+    graph = build_topology("ring", n)
+    order = [nd.cfg.node_id for nd in nodes]
+    pi = torch.tensor(sizes, dtype=torch.float64)
+    w = torch.zeros(n, n, dtype=torch.float64)
+    for i, a in enumerate(order):
+        for j, b in enumerate(order):
+            if graph.has_edge(a, b):
+                w[i, j] = min(1.0, sizes[j] / sizes[i]) / (1 + max(graph.degree[a], graph.degree[b]))
+        w[i, i] = 1 - w[i].sum()
+    torch.testing.assert_close(pi @ w, pi)  # detailed balance: pi is stationary
+    wk = torch.linalg.matrix_power(w, rounds)
+    for key in x0[order[0]]:
+        stacked = torch.stack([x0[name][key].double() for name in order])
+        expected = torch.einsum("ij,j...->i...", wk, stacked)
+        got = torch.stack([nd.dual.global_state()[key].double() for nd in nodes])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        weighted_mean = torch.einsum("i,i...->...", pi / pi.sum(), stacked)
+        torch.testing.assert_close(
+            torch.einsum("i,i...->...", pi / pi.sum(), got), weighted_mean, atol=1e-5, rtol=0
+        )
+    assert [nd.pi for nd in nodes] == sizes

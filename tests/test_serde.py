@@ -93,6 +93,8 @@ BAD_STREAMS = {
     "truncated payload": [_header(payload=b"x" * 100), pb.Chunk(data=b"x" * 50)],
     "overrun": [_header(payload=b"x" * 10), pb.Chunk(data=b"x" * 11)],
     "header inside payload": [_header(payload=b"x" * 10), _header()],
+    "nan mix weight": [_header(mix_weight=float("nan")), pb.Chunk(data=b"x" * 10)],
+    "zero mix weight": [_header(mix_weight=0.0), pb.Chunk(data=b"x" * 10)],
     "oversized chunk": [_header(payload=b"x" * (CHUNK_BYTES + 2)), pb.Chunk(data=b"x" * (CHUNK_BYTES + 1))],
 }
 

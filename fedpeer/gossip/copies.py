@@ -33,6 +33,7 @@ State = dict[str, torch.Tensor]
 class _Pending:
     round: int
     q: State
+    mix_weight: float = 1.0
 
 
 @dataclass
@@ -44,6 +45,8 @@ class NeighbourCopy:
     last_round: int = 0
     pending: dict[int, _Pending] = field(default_factory=dict)
     needs_resync: bool = False
+    # The sender's pi (data-aware mixing) as of its last applied update.
+    mix_weight: float = 1.0
 
 
 class PublicCopies:
@@ -56,7 +59,7 @@ class PublicCopies:
         self._cv = threading.Condition()
 
     # --- called from transport threads ---------------------------------------------------------
-    def offer(self, sender: str, epoch: str, round: int, seq: int, q: State) -> int:
+    def offer(self, sender: str, epoch: str, round: int, seq: int, q: State, mix_weight: float = 1.0) -> int:
         """Queue update `seq` of `sender`; returns the applied seq. Raises FrameRejected."""
         with self._cv:
             c = self._copy(sender)
@@ -72,7 +75,7 @@ class PublicCopies:
                 c.epoch = epoch
             if seq <= c.applied_seq or seq in c.pending:
                 raise FrameRejected(f"replay of seq {seq} (applied up to {c.applied_seq})")
-            c.pending[seq] = _Pending(round, q)
+            c.pending[seq] = _Pending(round, q, mix_weight)
             self._cv.notify_all()
             return c.applied_seq
 
@@ -114,6 +117,7 @@ class PublicCopies:
                     del c.pending[c.applied_seq + 1]
                     c.applied_seq += 1
                     c.last_round = max(c.last_round, p.round)
+                    c.mix_weight = p.mix_weight
                 # Each sender sends seq n only after its send of n-1 has finished, so a hole below a
                 # queued update that is due is a lost update, not a late one: resync, don't wait.
                 due = [s for s, p in c.pending.items() if p.round <= round]
@@ -121,7 +125,9 @@ class PublicCopies:
                     c.needs_resync = True
             return [j for j, c in self.copies.items() if c.needs_resync]
 
-    def install_snapshot(self, sender: str, epoch: str, round: int, seq: int, x_hat: State) -> None:
+    def install_snapshot(
+        self, sender: str, epoch: str, round: int, seq: int, x_hat: State, mix_weight: float = 1.0
+    ) -> None:
         """Replace the copy of `sender` by its own x_hat at `seq`; later queued updates still apply."""
         with self._cv:
             c = self._copy(sender)
@@ -130,6 +136,7 @@ class PublicCopies:
             if epoch != c.epoch:
                 c.pending = {}
             c.epoch, c.applied_seq, c.last_round, c.needs_resync = epoch, seq, round, False
+            c.mix_weight = mix_weight
             c.pending = {s: p for s, p in c.pending.items() if s > seq}
             self._cv.notify_all()
 
@@ -137,6 +144,10 @@ class PublicCopies:
         """Neighbours whose copy is up to date for `round` (these take part in the mix)."""
         with self._cv:
             return [j for j, c in self.copies.items() if c.last_round >= round and not c.needs_resync]
+
+    def mix_weights(self, names: list[str]) -> dict[str, float]:
+        with self._cv:
+            return {j: self.copies[j].mix_weight for j in names}
 
     def x_hats(self, names: list[str]) -> dict[str, State]:
         with self._cv:
@@ -147,7 +158,12 @@ class PublicCopies:
         with self._cv:
             tensors = {j: {k: v.clone() for k, v in c.x_hat.items()} for j, c in self.copies.items()}
             meta = {
-                j: {"applied_seq": c.applied_seq, "epoch": c.epoch, "last_round": c.last_round}
+                j: {
+                    "applied_seq": c.applied_seq,
+                    "epoch": c.epoch,
+                    "last_round": c.last_round,
+                    "mix_weight": c.mix_weight,
+                }
                 for j, c in self.copies.items()
             }
             return tensors, meta
@@ -166,3 +182,4 @@ class PublicCopies:
                     int(m["last_round"]),
                 )
                 c.pending, c.needs_resync = {}, False
+                c.mix_weight = float(m.get("mix_weight", 1.0))

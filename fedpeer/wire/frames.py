@@ -38,6 +38,8 @@ class Frame:
     payload: bytes
     raw_bytes: int
     crc32: int = field(default=-1)
+    # The sender's pi for data-aware mixing in this round (gossip.weighting); 1.0 when unused.
+    mix_weight: float = 1.0
     # Bytes this frame took on the wire (protobuf chunks), filled in by the receiving transport.
     wire_bytes: int = field(default=0, compare=False)
 
@@ -96,6 +98,7 @@ def encode_frame(
     kind: FrameKind,
     round: int,
     seq: int,
+    mix_weight: float = 1.0,
 ) -> Frame:
     enc = codec.encode(tensors)
     return Frame(
@@ -109,6 +112,7 @@ def encode_frame(
         manifest=tuple(manifest_of(tensors)),
         payload=enc.payload,
         raw_bytes=enc.raw_bytes,
+        mix_weight=mix_weight,
     )
 
 

@@ -5,6 +5,7 @@ Paired `x_to_proto` / `x_from_proto` functions; each pair has a round-trip test.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 from fedpeer.codec import TensorSpec
@@ -117,6 +118,7 @@ def header_to_proto(f: Frame) -> pb.FrameHeader:
         payload_length=len(f.payload),
         payload_crc32=f.crc32,
         raw_bytes=f.raw_bytes,
+        mix_weight=f.mix_weight,
     )
 
 
@@ -133,6 +135,8 @@ def _check_header(h: pb.FrameHeader, max_payload: int) -> None:
         raise FrameRejected(f"unknown frame kind {h.kind}")
     if h.payload_length > max_payload:
         raise FrameRejected(f"declared payload of {h.payload_length} bytes exceeds the bound {max_payload}")
+    if not (math.isfinite(h.mix_weight) and h.mix_weight > 0):
+        raise FrameRejected(f"mix_weight must be a positive finite number, got {h.mix_weight}")
     if len(h.manifest) > MAX_MANIFEST_ENTRIES:
         raise FrameRejected(f"manifest of {len(h.manifest)} entries is too long")
     for t in h.manifest:
@@ -178,6 +182,7 @@ def read_frame(chunks: Iterator[pb.Chunk], max_payload: int) -> Frame | None:
         raw_bytes=h.raw_bytes,
         crc32=h.payload_crc32,
         wire_bytes=wire,
+        mix_weight=h.mix_weight,
     )
 
 

@@ -62,7 +62,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class FrameHeader(_message.Message):
-    __slots__ = ("sender", "epoch", "kind", "round", "seq", "codec", "codec_params", "manifest", "payload_length", "payload_crc32", "raw_bytes")
+    __slots__ = ("sender", "epoch", "kind", "round", "seq", "codec", "codec_params", "manifest", "payload_length", "payload_crc32", "raw_bytes", "mix_weight")
     class CodecParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class FrameHeader(_message.Message):
     PAYLOAD_LENGTH_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_CRC32_FIELD_NUMBER: _ClassVar[int]
     RAW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     sender: str
     epoch: str
     kind: FrameKind
@@ -92,7 +93,8 @@ class FrameHeader(_message.Message):
     payload_length: int
     payload_crc32: int
     raw_bytes: int
-    def __init__(self, sender: _Optional[str] = ..., epoch: _Optional[str] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params: _Optional[_Mapping[str, str]] = ..., manifest: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., payload_length: _Optional[int] = ..., payload_crc32: _Optional[int] = ..., raw_bytes: _Optional[int] = ...) -> None: ...
+    mix_weight: float
+    def __init__(self, sender: _Optional[str] = ..., epoch: _Optional[str] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params: _Optional[_Mapping[str, str]] = ..., manifest: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., payload_length: _Optional[int] = ..., payload_crc32: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., mix_weight: _Optional[float] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("header", "data")
