@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typer
-from fedpeer_cli import export_cmd, init_cmd, node_cmd, scenario_cmd, status_cmd
+from fedpeer_cli import export_cmd, init_cmd, node_cmd, report_cmd, scenario_cmd, status_cmd
 
 app = typer.Typer(
     name="fedpeer",
@@ -17,6 +17,7 @@ app = typer.Typer(
 app.command("init")(init_cmd.init)
 app.command("status")(status_cmd.status)
 app.command("export")(export_cmd.export)
+app.command("report")(report_cmd.report)
 app.add_typer(node_cmd.app, name="node")
 app.add_typer(scenario_cmd.app, name="scenario")
 
