@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from fedpeer import PROTOCOL_VERSION, checkpoint
-from fedpeer.codec import DecodeLimits, available_codecs, get_codec
+from fedpeer.codec import Codec, DecodeLimits, available_codecs, get_codec
 from fedpeer.config import NodeConfig
 from fedpeer.errors import CheckpointError, FedpeerError, FrameRejected, HandshakeError, PeerUnavailable
 from fedpeer.gossip import choco
@@ -123,6 +123,7 @@ class Node:
         self.last_distance = math.nan
         self.last_eval_loss = math.nan
         self.pi = 1.0
+        self._codec_warned = False
         self._self_lock = threading.Lock()
         self._io: dict[int, RoundIO] = defaultdict(RoundIO)
         self._io_lock = threading.Lock()
@@ -165,7 +166,7 @@ class Node:
         self.pi = self.round_pi()
         with timer.span("encode"):
             x = self.dual.global_state()
-            frame = self.encode_update(t, choco.difference(x, self.x_hat_self))
+            frame = self.encode_update(t, choco.difference(x, self.x_hat_self), self.negotiated_codec())
 
         self.phase = "exchanging"
         with timer.span("transfer"):
@@ -197,12 +198,28 @@ class Node:
         return record
 
     # ================================================================ steps of a round
-    def encode_update(self, t: int, q: State) -> Frame:
+    def negotiated_codec(self) -> Codec:
+        """Our configured codec if every connected neighbour can decode it, else lossless (which all
+        can). One codec per round for all neighbours: they all add the same q to their copy of us."""
+        unable = [p.id for p in self.peers.values() if p.info and self.codec.name not in p.info.codecs]
+        if not unable:
+            return self.codec
+        if not self._codec_warned:
+            log.warning(
+                "%s: %s cannot decode codec %s; sending lossless updates",
+                self.cfg.node_id,
+                ", ".join(unable),
+                self.codec.name,
+            )
+            self._codec_warned = True
+        return self.snapshot_codec
+
+    def encode_update(self, t: int, q: State, codec: Codec) -> Frame:
         """Encode q; add what the receivers will decode (not q itself) to our own public copy."""
         with self._self_lock:
             frame = encode_frame(
                 q,
-                self.codec,
+                codec,
                 sender=self.cfg.node_id,
                 epoch=self.epoch,
                 kind=FrameKind.UPDATE,
@@ -210,7 +227,7 @@ class Node:
                 seq=self.seq + 1,
                 mix_weight=self.pi,
             )
-            q_wire = decode_frame(frame, self.specs, self.limits, [self.codec.name])
+            q_wire = decode_frame(frame, self.specs, self.limits, [codec.name])
             choco.add_(self.x_hat_self, {k: v.to(self.device) for k, v in q_wire.items()})
             self.seq += 1
             self.sent_round = t
@@ -563,7 +580,7 @@ class Node:
             "bytes_received": io.bytes_received,
             "raw_bytes": sent["raw"],
             "payload_bytes": len(frame.payload),
-            "codec": self.codec.name,
+            "codec": frame.codec,
             "train_s": s["train"],
             "encode_s": s["encode"],
             "transfer_s": s["transfer"],

