@@ -48,6 +48,7 @@ from fedpeer.train.loop import LocalTrainer
 ADAPTERS = {  # what each method trains and shares
     "local": {"use_local": False, "head": "global"},
     "global": {"use_local": False, "head": "global"},
+    # A private head beat a shared one here (0.469 vs 0.443 mean macro-F1, quick settings, seed 0).
     "dual": {"use_local": True, "head": "local"},
     "central": {"use_local": False, "head": "global"},
 }

@@ -27,6 +27,7 @@ import math
 import threading
 import time
 import uuid
+import zlib
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -607,8 +608,6 @@ class Node:
 
 def _local_seed(cfg: NodeConfig) -> int:
     # Each site's private adapter starts from its own seed; stable across restarts.
-    import zlib
-
     return zlib.crc32(cfg.node_id.encode()) ^ cfg.train.seed
 
 
