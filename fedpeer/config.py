@@ -18,7 +18,10 @@ from typing import Any, TypeVar
 from fedpeer.errors import ConfigError
 
 TASKS = ("causal-lm", "seq-cls")
-CODECS = ("lossless", "fp16")
+CODECS = ("lossless", "fp16", "pipeline")
+# What the pipeline codec may factorize with (fedpeer.codec.factorize); bit widths it may use.
+CODEC_METHODS = ("svd", "tucker", "tt")
+CODEC_BITS = (4, 8, 16)
 HEAD_SCOPES = ("global", "local")
 WEIGHTINGS = ("metropolis-hastings", "data-size", "val-loss")
 
@@ -120,21 +123,53 @@ class GossipConfig:
         for name in ("round_timeout_s", "rpc_timeout_s", "join_timeout_s"):
             _require(getattr(self, name) > 0, f"gossip.{name}", "must be > 0 seconds")
         _require(self.max_rounds_ahead >= 1, "gossip.max_rounds_ahead", "must be >= 1")
-        _require(self.weighting in WEIGHTINGS, "gossip.weighting",
-                 f"must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        _require(
+            self.weighting in WEIGHTINGS,
+            "gossip.weighting",
+            f"must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}",
+        )
 
 
 @dataclass(frozen=True)
 class CodecConfig:
+    # lossless | fp16 | pipeline. The pipeline is lossy: set gossip.gamma < 1 with it (CHOCO).
     name: str = "fp16"
+    # Levels 1-3: noise-like floats and int codes gain little from higher levels, which cost CPU.
     zstd_level: int = 3
     # Decoder bound on one update's decompressed size; frames declaring more are refused.
     max_payload_mb: float = 1024.0
+    # --- pipeline only (senders' choice: the frame header carries what a receiver needs) ---
+    # Measured on MiniLM B_g updates (benchmarks/codec.py): 4 bits alone is 6 % error per round and
+    # ~16x fewer bytes than fp32 LoRA exchange; 8 bits 0.4 % and 7.7x; 16 bits (fp16) 0.02 %.
+    bits: int = 4
+    # Values per fp16 block scale: 64 costs 0.25 bit/value and follows local magnitudes closely.
+    block: int = 64
+    # Low-rank rank as a fraction of each unfolding's rank (B_g [out, r]: svd rank ceil(f·r)).
+    # A group is factorized only where it pays (error and bytes measured each round): 0.5 with
+    # 4 bits is ~30x on real updates (40 % error, resent by error feedback), and falls back to
+    # dense on noise-like ones. 1.0 never factorizes (the ~16x point with the least error).
+    rank_fraction: float = 0.5
+    # Factorizations to try per tensor group: per-matrix SVD, Tucker / tensor train over the stack.
+    methods: tuple[str, ...] = ("svd", "tucker")
+    # Unbiased (stochastic) rounding instead of nearest: zero-mean error, slightly larger.
+    stochastic: bool = False
+    # Bytes per round per link; > 0 lets the codec pick ranks and bits to fit (bits and
+    # rank_fraction are then ignored). One frame goes to every neighbour (CHOCO needs one x_hat
+    # per sender), so give the tightest link's budget. 0 = off.
+    budget_bytes: int = 0
 
     def validate(self) -> None:
         _require(self.name in CODECS, "codec.name", f"must be one of {', '.join(CODECS)}, got {self.name!r}")
         _require(1 <= self.zstd_level <= 22, "codec.zstd_level", "must be in 1..22")
         _require(self.max_payload_mb > 0, "codec.max_payload_mb", "must be > 0")
+        _require(self.bits in CODEC_BITS, "codec.bits", f"must be 4, 8 or 16, got {self.bits}")
+        _require(8 <= self.block <= 65536, "codec.block", f"must be in 8..65536, got {self.block}")
+        _require(0.0 < self.rank_fraction <= 1.0, "codec.rank_fraction", "must be in (0, 1]")
+        for m in self.methods:
+            _require(
+                m in CODEC_METHODS, "codec.methods", f"must be among {', '.join(CODEC_METHODS)}, got {m!r}"
+            )
+        _require(self.budget_bytes >= 0, "codec.budget_bytes", "must be >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -168,6 +203,9 @@ class NodeConfig:
         _require(self.node_id not in ids, "neighbours", "a node cannot be its own neighbour")
         for part in (self.model, self.adapter, self.train, self.gossip, self.codec):
             part.validate()
+        # CHOCO converges with a compressor only for a consensus step below 1.
+        _require(self.codec.name != "pipeline" or self.gossip.gamma < 1.0, "gossip.gamma",
+                 "must be < 1 with the lossy pipeline codec (CHOCO's consensus step; 0.5 is a safe start)")
 
     @property
     def address(self) -> str:

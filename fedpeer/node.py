@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from fedpeer import PROTOCOL_VERSION, checkpoint
-from fedpeer.codec import Codec, DecodeLimits, available_codecs, get_codec
+from fedpeer.codec import Codec, DecodeLimits, available_codecs, codec_from_config, get_codec
 from fedpeer.config import NodeConfig
 from fedpeer.errors import CheckpointError, FedpeerError, FrameRejected, HandshakeError, PeerUnavailable
 from fedpeer.gossip import choco
@@ -107,7 +107,7 @@ class Node:
         self.device = resolve_device(cfg.train.device)
         self.dual: DualLora = load_dual_lora(cfg.model, cfg.adapter, self.device, local_seed=_local_seed(cfg))
         self.trainer = LocalTrainer(self.dual, cfg.model, cfg.train)
-        self.codec = get_codec(cfg.codec.name, zstd_level=cfg.codec.zstd_level)
+        self.codec = codec_from_config(cfg.codec)
         self.snapshot_codec = get_codec(SNAPSHOT_CODEC, zstd_level=cfg.codec.zstd_level)
         self.limits = DecodeLimits(max_payload_bytes=int(cfg.codec.max_payload_mb * 2**20))
         self.specs = self.dual.global_specs()

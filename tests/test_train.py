@@ -15,7 +15,7 @@ from fedpeer.errors import DataError
 from fedpeer.model import DualLora, load_dual_lora
 from fedpeer.scenario.synth import DEMO_LABELS, write_demo_sites
 from fedpeer.train import LocalTrainer, macro_f1, make_batch, read_jsonl, split_examples
-from fedpeer.train.data import IGNORE_INDEX, Example
+from fedpeer.train.data import IGNORE_INDEX, Example, split_prompt
 
 CPU = torch.device("cpu")
 
@@ -211,3 +211,91 @@ def test_missing_data_file(tmp_path: Path) -> None:
 )
 def test_macro_f1(truth: list[int], preds: list[int], expected: float) -> None:
     assert macro_f1(truth, preds) == pytest.approx(expected)
+
+
+# --- prompt/completion rows (causal-lm) -------------------------------------------------------------
+PROMPT = "findings : small left pleural effusion . impression :"
+COMPLETION = " small left pleural effusion ."
+
+
+def test_prompt_completion_rows(jsonl) -> None:
+    path = jsonl(
+        "data.jsonl",
+        [
+            {"prompt": PROMPT, "completion": COMPLETION},
+            {"prompt": PROMPT, "completion": COMPLETION, "text": PROMPT + COMPLETION},
+            {"text": "no acute process"},
+        ],
+    )
+    examples = read_jsonl(path, "causal-lm")
+    assert [e.text for e in examples] == [PROMPT + COMPLETION] * 2 + ["no acute process"]
+    assert [e.completion for e in examples] == [COMPLETION, COMPLETION, "no acute process"]
+    assert examples[2].prompt == ""
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt": "a"}, r'data.jsonl:1: "prompt" must be a string and "completion" a non-empty string'),
+        ({"prompt": "a", "completion": " "}, r'"completion" a non-empty string'),
+        ({"prompt": 3, "completion": "b"}, r'"prompt" must be a string'),
+        ({"prompt": "a", "completion": "b", "text": "a b"}, r'data.jsonl:1: "text" differs from'),
+    ],
+)
+def test_prompt_completion_errors(jsonl, row: dict, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        read_jsonl(jsonl("data.jsonl", [row]), "causal-lm")
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer(tiny_llama_dir: Path):
+    return load_dual_lora(ModelConfig(path=str(tiny_llama_dir)), AdapterConfig(rank=2), CPU, 0).tokenizer
+
+
+def test_loss_covers_only_the_completion(llama_tokenizer) -> None:
+    examples = [Example(PROMPT + COMPLETION, prompt=PROMPT), Example("no acute process")]
+    batch = make_batch(examples, llama_tokenizer, "causal-lm", 64)
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    completion = llama_tokenizer(COMPLETION, add_special_tokens=False)["input_ids"]
+    n_prompt = len(llama_tokenizer(PROMPT)["input_ids"]) - 1  # [BOS] prompt, without its [EOS]
+    # Row 0: prompt ignored; completion and the closing [EOS] learned.
+    assert (labels[0, :n_prompt] == IGNORE_INDEX).all()
+    assert labels[0, n_prompt:][mask[0, n_prompt:] == 1].tolist() == [
+        *completion,
+        llama_tokenizer.eos_token_id,
+    ]
+    # Row 1 (no prompt): every real token learned, padding ignored.
+    assert torch.equal(labels[1][mask[1] == 1], ids[1][mask[1] == 1])
+    assert (labels[mask == 0] == IGNORE_INDEX).all() and (mask == 0).any()
+
+
+def test_long_prompt_is_cut_from_the_start(llama_tokenizer) -> None:
+    example = Example(PROMPT + COMPLETION, prompt=PROMPT)
+    full = make_batch([example], llama_tokenizer, "causal-lm", 64)
+    cut = make_batch([example], llama_tokenizer, "causal-lm", 10)
+    assert cut["input_ids"].shape == (1, 10)
+    assert torch.equal(cut["input_ids"][0], full["input_ids"][0, -10:])
+    learned = full["labels"][0] != IGNORE_INDEX
+    assert torch.equal(cut["labels"][0][cut["labels"][0] != IGNORE_INDEX], full["labels"][0][learned])
+
+
+def test_prompt_split_without_offsets_agrees(llama_tokenizer) -> None:
+    class Slow:  # a tokenizer without offset mappings, like transformers' Python ("slow") tokenizers
+        is_fast = False
+
+        def __call__(self, *args, **kwargs):
+            return llama_tokenizer(*args, **kwargs)
+
+    for prompt, completion in [(PROMPT, COMPLETION), ("impression :", " no acute process")]:
+        example = Example(prompt + completion, prompt=prompt)
+        assert split_prompt(Slow(), example) == split_prompt(llama_tokenizer, example)  # type: ignore[arg-type]
+
+
+def test_prompt_completion_training_and_eval(setup: tuple, jsonl) -> None:
+    if setup[0].task != "causal-lm":
+        pytest.skip("causal-lm only")
+    data = jsonl("pc.jsonl", [{"prompt": PROMPT, "completion": COMPLETION}] * 8)
+    t = trainer(setup, data=str(data), eval_data=str(data))
+    assert math.isfinite(t.train_round())
+    metrics = t.evaluate()
+    assert set(metrics) == {"eval_loss", "perplexity", "rouge_l"} and 0 <= metrics["rouge_l"] <= 1

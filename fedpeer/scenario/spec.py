@@ -201,16 +201,20 @@ def _data_files(spec: ScenarioSpec, out: Path, names: list[str]) -> dict[str, tu
             raise ConfigError(f"data.files lists {len(spec.data.files)} files for {len(names)} nodes")
         base = Path(spec.source).parent if spec.source else Path.cwd()
         return {n: ((base / f).resolve(), None) for n, f in zip(names, spec.data.files, strict=True)}
-    from fedpeer.scenario.synth import write_demo_sites
+    if spec.data.generator == "clinical":
+        from fedpeer.scenario.clinical import write_clinical_sites
 
-    sites = write_demo_sites(
-        out / "data",
-        len(names),
-        task=spec.model.task,
-        seed=spec.data.seed,
-        n_train=spec.data.n_train,
-        n_eval=spec.data.n_eval,
-    )
+        sites = write_clinical_sites(
+            out / "data", len(names), task=spec.model.task, alpha=spec.data.alpha, seed=spec.data.seed,
+            n_train=spec.data.n_train, n_eval=spec.data.n_eval,
+        )
+    else:
+        from fedpeer.scenario.synth import write_demo_sites
+
+        sites = write_demo_sites(
+            out / "data", len(names), task=spec.model.task, seed=spec.data.seed,
+            n_train=spec.data.n_train, n_eval=spec.data.n_eval,
+        )
     return {n: (Path(s) / "train.jsonl", Path(s) / "eval.jsonl") for n, s in zip(names, sites, strict=True)}
 
 
@@ -222,6 +226,10 @@ def _model_config(
         from fedpeer.scenario.synth import DEMO_LABELS
 
         model = dataclasses.replace(model, labels=tuple(DEMO_LABELS))
+    if spec.model.task == "seq-cls" and not model.labels and spec.data.generator == "clinical":
+        from fedpeer.scenario.clinical import CLINICAL_LABELS
+
+        model = dataclasses.replace(model, labels=tuple(CLINICAL_LABELS))
     if spec.tiny_model is None:
         return model
     from fedpeer.model.tiny import build_tiny_model

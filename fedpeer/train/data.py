@@ -2,6 +2,10 @@
 
 One JSON object per line: `{"text": ...}` for causal-lm, `{"text": ..., "label": ...}` for seq-cls, the
 label being one of ModelConfig.labels or its integer index. Blank lines are skipped.
+
+Causal-lm lines may instead hold `{"prompt": ..., "completion": ...}` (and optionally `"text"`, which
+must then equal prompt + completion; nothing is inserted between them). The loss of such a line covers
+only the completion's tokens, and evaluation can generate from the prompt and score the continuation.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ IGNORE_INDEX = -100
 class Example:
     text: str
     label: int | None = None  # class index for seq-cls
+    prompt: str = ""  # causal-lm: text starts with this prompt; the loss covers only the rest
+
+    @property
+    def completion(self) -> str:
+        return self.text[len(self.prompt) :]
 
 
 def read_jsonl(path: str | Path, task: str, labels: Sequence[str] = ()) -> list[Example]:
@@ -50,12 +59,24 @@ def _parse_line(line: str, task: str, labels: Sequence[str], where: str) -> Exam
         raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(row, dict):
         raise DataError(f'{where}: expected a JSON object with a "text" field')
+    if task != "seq-cls" and ("prompt" in row or "completion" in row):
+        return _prompt_completion(row, where)
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
         raise DataError(f'{where}: "text" must be a non-empty string')
     if task != "seq-cls":
         return Example(text)
     return Example(text, _label_index(row.get("label"), labels, where))
+
+
+def _prompt_completion(row: dict, where: str) -> Example:
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
+        raise DataError(f'{where}: "prompt" must be a string and "completion" a non-empty string')
+    text = prompt + completion
+    if "text" in row and row["text"] != text:
+        raise DataError(f'{where}: "text" differs from "prompt" + "completion" (drop "text" or fix it)')
+    return Example(text, prompt=prompt)
 
 
 def _label_index(value: object, labels: Sequence[str], where: str) -> int:
@@ -103,7 +124,13 @@ def make_batch(
     max_length: int,
     input_names: Sequence[str] = ("input_ids", "attention_mask"),
 ) -> dict[str, torch.Tensor]:
-    """Tokenize and pad to the longest example of this batch; add `labels` for the task."""
+    """Tokenize and pad to the longest example of this batch; add `labels` for the task.
+
+    Causal-lm batches with prompt/completion examples take the loss on completion tokens only, and an
+    example longer than `max_length` loses the start of its prompt rather than its completion.
+    """
+    if task != "seq-cls" and any(e.prompt for e in examples):
+        return _completion_batch(examples, tokenizer, max_length, input_names)
     enc = tokenizer(
         [e.text for e in examples],
         truncation=True,
@@ -118,3 +145,67 @@ def make_batch(
         # Padding is found by the mask, not by id: the pad token is often the eos token.
         batch["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
     return batch
+
+
+def split_prompt(tokenizer: PreTrainedTokenizerBase, example: Example) -> tuple[list[int], int]:
+    """Token ids of `example.text` (special tokens included) and the index of its first completion token.
+
+    The index is 0 for an example without a prompt. The ids before it are the generation context.
+    """
+    if not example.prompt:
+        return list(tokenizer(example.text)["input_ids"]), 0
+    if not tokenizer.is_fast:
+        # No offsets: count the prompt's own tokens without its trailing special tokens (eos), which
+        # assumes tokenizing the prompt alone gives a prefix of the whole text's tokens.
+        ids = list(tokenizer(example.text)["input_ids"])
+        alone = tokenizer(example.prompt, return_special_tokens_mask=True)
+        n = len(alone["input_ids"])
+        while n and alone["special_tokens_mask"][n - 1]:
+            n -= 1
+        return ids, n
+    enc = tokenizer(example.text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    ids, cut = list(enc["input_ids"]), len(example.prompt)
+    # A token that straddles the boundary counts as completion: its prediction needs the completion.
+    marks = zip(enc["offset_mapping"], enc["special_tokens_mask"], strict=True)
+    start = next((i for i, ((_, end), special) in enumerate(marks) if not special and end > cut), len(ids))
+    return ids, start
+
+
+def _completion_batch(
+    examples: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    input_names: Sequence[str],
+) -> dict[str, torch.Tensor]:
+    rows, labels = [], []
+    for example in examples:
+        ids, start = split_prompt(tokenizer, example)
+        # Keep the whole completion when it fits, else its beginning; drop what precedes the window.
+        lo = max(0, min(len(ids) - max_length, start))
+        ids = ids[lo : lo + max_length]
+        n_prompt = max(0, start - lo)
+        rows.append(ids)
+        labels.append([IGNORE_INDEX] * n_prompt + ids[n_prompt:])
+    batch = {
+        "input_ids": pad_rows(rows, pad_id(tokenizer)),
+        "attention_mask": pad_rows([[1] * len(r) for r in rows], 0),
+        "labels": pad_rows(labels, IGNORE_INDEX),
+    }
+    if "token_type_ids" in input_names:
+        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    return {k: v for k, v in batch.items() if k in input_names or k == "labels"}
+
+
+def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> torch.Tensor:
+    """A (len(rows), longest) tensor of `rows` padded with `value` on the right (or the left)."""
+    width = max(len(r) for r in rows)
+    fill = [[value] * (width - len(r)) for r in rows]
+    padded = [f + list(r) if left else list(r) + f for r, f in zip(rows, fill, strict=True)]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's pad id (load_dual_lora makes sure there is one)."""
+    if tokenizer.pad_token_id is None:
+        raise DataError("the tokenizer has no pad token to pad batches with")
+    return int(tokenizer.pad_token_id)

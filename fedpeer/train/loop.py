@@ -20,10 +20,31 @@ import torch.nn.functional as F
 from fedpeer.config import ModelConfig, TrainConfig
 from fedpeer.errors import CheckpointError
 from fedpeer.model.dual_lora import DualLora
-from fedpeer.train.data import IGNORE_INDEX, Example, load_site_data, make_batch
+from fedpeer.train.data import (
+    IGNORE_INDEX,
+    Example,
+    load_site_data,
+    make_batch,
+    pad_id,
+    pad_rows,
+    split_prompt,
+)
+from fedpeer.train.metrics import macro_f1, rouge_l
+
+__all__ = ["EVAL_GENERATE", "BatchOrder", "LocalTrainer", "macro_f1"]
 
 _OPTIM_PREFIX = "optim."
 _RNG_CPU, _RNG_CUDA = "rng.cpu", "rng.cuda"
+# Prompt/completion eval examples generated and scored by ROUGE-L per evaluation: enough for a usable
+# mean, few enough that greedy decoding costs little next to a round of training.
+EVAL_GENERATE = 32
+# Generation stops at eos, or this many tokens past the longest reference completion (no run-on junk
+# scored against short references), and never past _MAX_NEW_TOKENS.
+_GENERATE_SLACK = 8
+_MAX_NEW_TOKENS = 128
+# Rows per generate() call. Without gradients a batch costs far less memory than a training batch, and
+# per-call overhead dominates for small models: few large calls are much faster than many small ones.
+_GENERATE_BATCH = 32
 
 
 class BatchOrder:
@@ -50,10 +71,18 @@ class BatchOrder:
 class LocalTrainer:
     """Trains both adapters of `dual` on the site's data, `steps_per_round` AdamW steps per round."""
 
-    def __init__(self, dual: DualLora, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    def __init__(
+        self,
+        dual: DualLora,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        *,
+        eval_generate: int = EVAL_GENERATE,
+    ) -> None:
         self.dual = dual
         self.cfg = train_cfg
         self.task = model_cfg.task
+        self.eval_generate = eval_generate
         self.train_examples, self.eval_examples = load_site_data(model_cfg, train_cfg)
         self._order = BatchOrder(len(self.train_examples), train_cfg.batch_size, train_cfg.seed)
         self._params = dual.trainable_parameters()
@@ -95,7 +124,12 @@ class LocalTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """eval_loss, plus accuracy and macro_f1 (seq-cls) or perplexity (causal-lm)."""
+        """eval_loss, plus accuracy and macro_f1 (seq-cls) or perplexity (causal-lm).
+
+        Causal-lm adds rouge_l when eval examples have a prompt: the mean ROUGE-L F1 of greedy
+        continuations of the first `eval_generate` such prompts against their completions. The loss and
+        perplexity of prompt/completion examples are those of the completion tokens given the prompt.
+        """
         model = self.dual.model
         model.eval()
         try:
@@ -109,9 +143,55 @@ class LocalTrainer:
                 if self.task == "seq-cls":
                     truth += labels.tolist()
                     preds += logits.argmax(-1).tolist()
+            metrics = _metrics(loss_sum / max(count, 1), truth, preds, self.task)
+            if self.task != "seq-cls":
+                metrics.update(self._generation_metrics(model))
         finally:
             model.train()
-        return _metrics(loss_sum / max(count, 1), truth, preds, self.task)
+        return metrics
+
+    def _generation_metrics(self, model: torch.nn.Module) -> dict[str, float]:
+        examples, splits = self._generation_examples()
+        if not examples:
+            return {}
+        # Leave room for the continuation inside max_length; keep the prompt's end, next to the answer.
+        contexts = [ids[:start][-self.cfg.max_length :] for ids, start in splits]
+        longest = max(len(ids) - start for ids, start in splits)
+        max_new = min(longest + _GENERATE_SLACK, _MAX_NEW_TOKENS)
+        scores = []
+        for lo in range(0, len(examples), _GENERATE_BATCH):
+            texts = self._generate(model, contexts[lo : lo + _GENERATE_BATCH], max_new)
+            scores += [rouge_l(e.completion, t) for e, t in zip(examples[lo:], texts, strict=False)]
+        return {"rouge_l": sum(scores) / len(scores)}
+
+    def _generation_examples(self) -> tuple[list[Example], list[tuple[list[int], int]]]:
+        """The first `eval_generate` eval examples with a prompt, and their `split_prompt`."""
+        examples: list[Example] = []
+        splits: list[tuple[list[int], int]] = []
+        for e in self.eval_examples:
+            if len(examples) >= self.eval_generate:
+                break
+            split = split_prompt(self.dual.tokenizer, e) if e.prompt else ([], 0)
+            if split[1] > 0:  # a whitespace-only prompt leaves nothing to generate from
+                examples.append(e)
+                splits.append(split)
+        return examples, splits
+
+    def _generate(self, model: torch.nn.Module, contexts: list[list[int]], max_new: int) -> list[str]:
+        """Greedy continuations of left-padded `contexts` (so every row's next token is at the end)."""
+        tokenizer, device = self.dual.tokenizer, self.dual.device
+        pad = pad_id(tokenizer)
+        input_ids = pad_rows(contexts, pad, left=True).to(device)
+        mask = pad_rows([[1] * len(c) for c in contexts], 0, left=True).to(device)
+        out = model.generate(  # type: ignore[operator]
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        return tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
 
     def _batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         batch = make_batch(examples, self.dual.tokenizer, self.task, self.cfg.max_length, self._input_names)
@@ -237,20 +317,6 @@ def _metrics(loss: float, truth: list[int], preds: list[int], task: str) -> dict
         return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0))}
     correct = sum(t == p for t, p in zip(truth, preds, strict=True))
     return {"eval_loss": loss, "accuracy": correct / max(len(truth), 1), "macro_f1": macro_f1(truth, preds)}
-
-
-def macro_f1(truth: Sequence[int], preds: Sequence[int]) -> float:
-    """Mean F1 over the classes present in the labels or the predictions (no sklearn needed)."""
-    classes = sorted(set(truth) | set(preds))
-    if not classes:
-        return 0.0
-    scores = []
-    for c in classes:
-        tp = sum(t == c and p == c for t, p in zip(truth, preds, strict=True))
-        fp = sum(t != c and p == c for t, p in zip(truth, preds, strict=True))
-        fn = sum(t == c and p != c for t, p in zip(truth, preds, strict=True))
-        scores.append(2 * tp / (2 * tp + fp + fn))
-    return sum(scores) / len(scores)
 
 
 def _chunks(examples: Sequence[Example], size: int) -> Iterator[Sequence[Example]]:
