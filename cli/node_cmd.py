@@ -34,6 +34,7 @@ def run(
     setup_logging(verbose)
     from fedpeer.config import load_node_config
     from fedpeer.node import Node
+    from fedpeer.transport.emulated import emulate_links
     from fedpeer.transport.grpc_transport import GrpcTransport
 
     cfg = load_node_config(config)
@@ -44,4 +45,5 @@ def run(
     # SIGTERM (docker stop, the scenario runner) ends the node like Ctrl-C: the last checkpoint stays.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     transport = GrpcTransport(max_payload=int(cfg.codec.max_payload_mb * 2**20))
-    Node(cfg, transport).run()
+    # A scenario's link faults (cut, partition, slow: node.toml [[links]]) act inside the transport.
+    Node(cfg, emulate_links(transport, cfg)).run()

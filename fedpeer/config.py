@@ -179,6 +179,43 @@ class PeerConfig:
 
 
 @dataclass(frozen=True)
+class LinkConfig:
+    """Emulated conditions of the link to one neighbour during some rounds (a scenario's faults).
+
+    Applied inside the transport (`fedpeer.transport.emulated`) to what this node sends and
+    receives, so that one schedule behaves the same with processes, namespaces and containers.
+    """
+
+    peer: str
+    # Rounds from_round..to_round, both included; to_round 0 = until the last round.
+    from_round: int = 1
+    to_round: int = 0
+    # Nothing passes either way: calls fail as if the peer were down, its frames are refused.
+    cut: bool = False
+    # Added before each send (netem is missing on some kernels, so delay lives here).
+    delay_ms: float = 0.0
+    # Probability that a whole update frame is dropped (the send fails, the receiver resyncs).
+    loss: float = 0.0
+    # Cap emulated as a wait of bytes*8/rate per frame; 0 = unlimited.
+    bandwidth_mbit: float = 0.0
+
+    def active(self, rnd: int) -> bool:
+        return self.from_round <= rnd and (self.to_round == 0 or rnd <= self.to_round)
+
+    def validate(self, where: str) -> None:
+        _require(self.peer != "", f"{where}.peer", "must name a neighbour")
+        _require(self.from_round >= 0, f"{where}.from_round", "must be >= 0")
+        _require(
+            self.to_round == 0 or self.to_round >= self.from_round,
+            f"{where}.to_round",
+            "must be 0 (until the end) or >= from_round",
+        )
+        _require(self.delay_ms >= 0, f"{where}.delay_ms", "must be >= 0")
+        _require(0.0 <= self.loss < 1.0, f"{where}.loss", "must be in [0, 1)")
+        _require(self.bandwidth_mbit >= 0, f"{where}.bandwidth_mbit", "must be >= 0 (0 = unlimited)")
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: str
     state_dir: str
@@ -191,6 +228,8 @@ class NodeConfig:
     train: TrainConfig = TrainConfig()
     gossip: GossipConfig = GossipConfig()
     codec: CodecConfig = CodecConfig()
+    # Emulated link faults (cut, delay, loss, bandwidth) per neighbour and round; scenarios write them.
+    links: tuple[LinkConfig, ...] = ()
 
     def validate(self) -> None:
         _require(
@@ -206,6 +245,11 @@ class NodeConfig:
         # CHOCO converges with a compressor only for a consensus step below 1.
         _require(self.codec.name != "pipeline" or self.gossip.gamma < 1.0, "gossip.gamma",
                  "must be < 1 with the lossy pipeline codec (CHOCO's consensus step; 0.5 is a safe start)")
+        for i, link in enumerate(self.links):
+            link.validate(f"links[{i}]")
+            _require(
+                link.peer in ids, f"links[{i}].peer", f"{link.peer!r} is not a neighbour of {self.node_id}"
+            )
 
     @property
     def address(self) -> str:

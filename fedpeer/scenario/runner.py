@@ -95,17 +95,24 @@ class ProcessLauncher:
         self.logs: dict[str, Path] = {}
         self._index: dict[str, int] = {}
 
+    def command(self, cfg: NodeConfig, config_path: Path) -> list[str]:
+        """The node's command line (launchers that run it elsewhere, e.g. in a container, override it)."""
+        cmd = node_command(config_path)
+        return cmd if self.wrap is None else self.wrap(cfg.node_id, cmd)
+
     def start(self, cfg: NodeConfig) -> None:
         config_path = write_node_config(cfg)
         self._index.setdefault(cfg.node_id, len(self._index))
         self.logs[cfg.node_id] = Path(cfg.state_dir) / "node.log"
-        cmd = node_command(config_path)
-        if self.wrap is not None:
-            cmd = self.wrap(cfg.node_id, cmd)
+        cmd = self.command(cfg, config_path)
         with open(self.logs[cfg.node_id], "ab") as log:
             self.procs[cfg.node_id] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env=node_env(self._index[cfg.node_id], self.n_nodes, cfg))
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=node_env(self._index[cfg.node_id], self.n_nodes, cfg),
+            )
 
     def running(self, node_id: str) -> bool:
         p = self.procs.get(node_id)
@@ -157,8 +164,10 @@ class MeshRunner:
         spec = self.prepared.spec
         total = spec.gossip.rounds
         limit = timeout_s or (spec.gossip.join_timeout_s + total * (spec.gossip.round_timeout_s + 60) + 120)
-        self.echo(f"starting {len(self.configs)} nodes ({spec.topology}, {total} rounds) under "
-                  f"{self.prepared.out_dir}; logs in <node>/node.log")
+        self.echo(
+            f"starting {len(self.configs)} nodes ({spec.topology}, {total} rounds) under "
+            f"{self.prepared.out_dir}; logs in <node>/node.log"
+        )
         t0 = time.monotonic()
         shown = 0
         try:
@@ -183,21 +192,31 @@ class MeshRunner:
         for node_id in self.configs:
             code = self.launcher.exit_code(node_id)
             if code not in (0, None) and node_id not in self.killed:
-                self.echo(f"{node_id} exited with code {code}; last lines of its log:\n"
-                          + _tail(self.launcher.log_path(node_id)))
+                self.echo(
+                    f"{node_id} exited with code {code}; last lines of its log:\n"
+                    + _tail(self.launcher.log_path(node_id))
+                )
         return summarize(self.prepared)
 
     def rounds_done(self) -> dict[str, int]:
-        return {n: max((r["round"] for r in read_metrics(Path(cfg.state_dir) / METRICS_FILE)), default=0)
-                for n, cfg in self.configs.items()}
+        return {
+            n: max((r["round"] for r in read_metrics(Path(cfg.state_dir) / METRICS_FILE)), default=0)
+            for n, cfg in self.configs.items()
+        }
 
     def pending_restarts(self, alive: list[str]) -> bool:
         """A killed node still waiting for its restart (only while others run to meet it)."""
-        return bool(alive) and any(f.restart_at_round and self.starts[f.node] < 2
-                                   for i, f in enumerate(self.prepared.spec.faults) if i in self.faults_done)
+        return bool(alive) and any(
+            f.restart_at_round and self.starts[f.node] < 2
+            for i, f in enumerate(self.prepared.spec.faults)
+            if i in self.faults_done and f.kind == "kill"
+        )
 
     def apply_faults(self, rounds: dict[str, int], alive: list[str]) -> None:
+        """Kills and restarts; link faults act inside the nodes' transports (their [[links]])."""
         for i, f in enumerate(self.prepared.spec.faults):
+            if f.kind != "kill":
+                continue
             if i not in self.faults_done:
                 if rounds[f.node] >= f.at_round and self.launcher.running(f.node):
                     self.launcher.kill(f.node)
@@ -220,10 +239,11 @@ def ProcessRunner(prepared: PreparedScenario, echo: Echo = print) -> MeshRunner:
 def run_inprocess(prepared: PreparedScenario, recorder: Any = None) -> list[dict[str, Any]]:
     """All nodes as threads of this process over the in-memory transport."""
     from fedpeer.node import Node
+    from fedpeer.transport.emulated import emulate_links
     from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
 
     net = MemoryNetwork()
-    nodes = [Node(cfg, MemoryTransport(net, recorder=recorder)) for cfg in prepared.nodes]
+    nodes = [Node(cfg, emulate_links(MemoryTransport(net, recorder=recorder), cfg)) for cfg in prepared.nodes]
     errors: list[BaseException] = []
 
     def run(node: Node) -> None:

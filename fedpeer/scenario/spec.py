@@ -19,6 +19,7 @@ from fedpeer.config import (
     AdapterConfig,
     CodecConfig,
     GossipConfig,
+    LinkConfig,
     ModelConfig,
     NodeConfig,
     PeerConfig,
@@ -56,14 +57,46 @@ class DataSpec:
     files: tuple[str, ...] = ()
 
 
+FAULT_KINDS = ("kill", "cut", "partition", "slow")
+
+
 @dataclass(frozen=True)
 class FaultSpec:
     # kill: SIGKILL `node` once it completed round `at_round`; restart it when the others reach
-    # `restart_at_round` (0 = never).
+    # `restart_at_round` (0 = never). The runner does it (process, container).
     kind: str = "kill"
     node: str = ""
     at_round: int = 1
     restart_at_round: int = 0
+    # cut / slow: the topology link between the two nodes of `link`.
+    link: tuple[str, ...] = ()
+    # partition: every link between two different groups is cut; nodes in no group form one more.
+    groups: tuple[tuple[str, ...], ...] = ()
+    # cut, partition, slow: rounds from_round..to_round, both included (to_round 0 = to the end).
+    # They reach each node as [[links]] in its node.toml and act inside its transport, so they work
+    # the same with every runner; the link heals at to_round + 1 and the nodes resync.
+    from_round: int = 1
+    to_round: int = 0
+    # slow: added latency per message, probability of losing an update, bandwidth cap (0 = none).
+    delay_ms: float = 0.0
+    loss: float = 0.0
+    bandwidth_mbit: float = 0.0
+
+    def link_config(self, peer: str) -> LinkConfig:
+        """This fault as seen from one end of an affected link."""
+        return LinkConfig(
+            peer=peer,
+            from_round=self.from_round,
+            to_round=self.to_round,
+            cut=self.kind in ("cut", "partition"),
+            delay_ms=self.delay_ms,
+            loss=self.loss,
+            bandwidth_mbit=self.bandwidth_mbit,
+        )
+
+    def whole_run_bandwidth(self) -> bool:
+        """A bandwidth cap for the whole run: the netns runner shapes it in the kernel instead."""
+        return self.kind == "slow" and self.bandwidth_mbit > 0 and self.from_round <= 1 and self.to_round == 0
 
 
 @dataclass(frozen=True)
@@ -109,13 +142,28 @@ def parse_scenario(data: dict[str, Any]) -> ScenarioSpec:
     if spec.nodes < 2 and spec.topology != "explicit":
         raise ConfigError(f"nodes must be >= 2, got {spec.nodes}")
     for i, f in enumerate(spec.faults):
-        if f.kind != "kill":
-            raise ConfigError(f"faults[{i}].kind must be 'kill', got {f.kind!r}")
-        if f.restart_at_round and f.restart_at_round <= f.at_round:
-            raise ConfigError(f"faults[{i}].restart_at_round must come after at_round")
+        _check_fault(f, f"faults[{i}]")
     if spec.data.generator not in ("demo", "clinical", "files"):
         raise ConfigError(f"data.generator must be demo, clinical or files, got {spec.data.generator!r}")
     return spec
+
+
+def _check_fault(f: FaultSpec, where: str) -> None:
+    if f.kind not in FAULT_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {', '.join(FAULT_KINDS)}, got {f.kind!r}")
+    if f.kind == "kill":
+        if not f.node:
+            raise ConfigError(f"{where}.node must name the node to kill")
+        if f.restart_at_round and f.restart_at_round <= f.at_round:
+            raise ConfigError(f"{where}.restart_at_round must come after at_round")
+        return
+    if f.kind in ("cut", "slow") and (len(f.link) != 2 or f.link[0] == f.link[1]):
+        raise ConfigError(f'{where}.link must be two different node names, e.g. ["node0", "node1"]')
+    if f.kind == "partition" and not any(f.groups):
+        raise ConfigError(f'{where}.groups must list the nodes of each side, e.g. [["node0", "node1"]]')
+    if f.kind == "slow" and not (f.delay_ms or f.loss or f.bandwidth_mbit):
+        raise ConfigError(f"{where}: a slow link needs delay_ms, loss or bandwidth_mbit")
+    f.link_config("peer").validate(where)
 
 
 def with_overrides(spec: ScenarioSpec, overrides: dict[str, Any]) -> ScenarioSpec:
@@ -141,19 +189,25 @@ class PreparedScenario:
     nodes: tuple[NodeConfig, ...]
 
 
-def prepare(spec: ScenarioSpec, out_dir: str | Path, addresses: dict[str, str]) -> PreparedScenario:
+def prepare(
+    spec: ScenarioSpec,
+    out_dir: str | Path,
+    addresses: dict[str, str],
+    listen: dict[str, str] | None = None,
+    kernel_bandwidth: bool = False,
+) -> PreparedScenario:
     """Build the model and data if the scenario says so, and one NodeConfig per node.
 
-    `addresses` maps node name -> HOST:PORT (the runner decides: loopback ports, memory, ...).
+    `addresses` maps node name -> HOST:PORT its neighbours dial (the runner decides: loopback
+    ports, memory, namespace IPs, container names); `listen` where each node binds, when that
+    differs (containers bind 0.0.0.0). `kernel_bandwidth`: the runner shapes whole-run bandwidth
+    caps itself (netns, with tc), so the transports must not emulate them too.
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     graph = _graph(spec)
     names = sorted(graph.nodes, key=_node_order)
-    for i, f in enumerate(spec.faults):
-        if f.node not in names:
-            raise ConfigError(f"faults[{i}].node {f.node!r} is not a node of this scenario "
-                              f"({', '.join(names)})")
+    links = node_links(spec, graph, names, kernel_bandwidth)
     missing = [n for n in names if n not in addresses]
     if missing:
         raise ConfigError(f"no address for nodes {missing}")
@@ -165,17 +219,57 @@ def prepare(spec: ScenarioSpec, out_dir: str | Path, addresses: dict[str, str]) 
         cfg = NodeConfig(
             node_id=name,
             state_dir=str(out / name),
-            listen=addresses[name],
+            listen=(listen or addresses)[name],
+            advertise=addresses[name] if listen else "",
             neighbours=tuple(PeerConfig(j, addresses[j]) for j in neighbours(graph, name)),
             model=model_cfg,
             adapter=spec.adapter,
             train=dataclasses.replace(spec.train, data=str(train_file), eval_data=str(eval_file or "")),
             gossip=spec.gossip,
             codec=spec.codec,
+            links=tuple(links[name]),
         )
         cfg.validate()
         nodes.append(cfg)
     return PreparedScenario(spec=spec, out_dir=out, nodes=tuple(nodes))
+
+
+def node_links(
+    spec: ScenarioSpec, graph: Any, names: list[str], kernel_bandwidth: bool = False
+) -> dict[str, list[LinkConfig]]:
+    """The fault schedule's link faults, as each node's LinkConfigs (both ends of every link)."""
+    out: dict[str, list[LinkConfig]] = {n: [] for n in names}
+    for i, f in enumerate(spec.faults):
+        where = f"faults[{i}]"
+        unknown = [n for n in (f.node, *f.link, *(n for g in f.groups for n in g)) if n and n not in names]
+        if unknown:
+            raise ConfigError(f"{where}: {unknown[0]!r} is not a node of this scenario ({', '.join(names)})")
+        if kernel_bandwidth and f.whole_run_bandwidth():
+            f = dataclasses.replace(f, bandwidth_mbit=0.0)
+            if not (f.delay_ms or f.loss):
+                continue
+        for a, b in _fault_edges(f, graph, names, where):
+            out[a].append(f.link_config(b))
+            out[b].append(f.link_config(a))
+    return out
+
+
+def _fault_edges(f: FaultSpec, graph: Any, names: list[str], where: str) -> list[tuple[str, str]]:
+    if f.kind in ("cut", "slow"):
+        a, b = f.link
+        if not graph.has_edge(a, b):
+            raise ConfigError(f"{where}.link {a}-{b} is not a link of this topology ({spec_edges(graph)})")
+        return [(a, b)]
+    if f.kind == "partition":
+        side = {n: k for k, group in enumerate(f.groups) for n in group}
+        rest = len(f.groups)  # nodes listed in no group stay together
+        return [(a, b) for a, b in graph.edges if side.get(a, rest) != side.get(b, rest)]
+    return []
+
+
+def spec_edges(graph: Any) -> str:
+    edges = sorted(graph.edges, key=lambda e: (_node_order(e[0]), _node_order(e[1])))
+    return ", ".join(f"{a}-{b}" for a, b in edges)
 
 
 def node_names(spec: ScenarioSpec) -> list[str]:
@@ -204,17 +298,13 @@ def _data_files(spec: ScenarioSpec, out: Path, names: list[str]) -> dict[str, tu
     if spec.data.generator == "clinical":
         from fedpeer.scenario.clinical import write_clinical_sites
 
-        sites = write_clinical_sites(
-            out / "data", len(names), task=spec.model.task, alpha=spec.data.alpha, seed=spec.data.seed,
-            n_train=spec.data.n_train, n_eval=spec.data.n_eval,
-        )
+        sites = write_clinical_sites(out / "data", len(names), task=spec.model.task, alpha=spec.data.alpha,
+                                     seed=spec.data.seed, n_train=spec.data.n_train, n_eval=spec.data.n_eval)
     else:
         from fedpeer.scenario.synth import write_demo_sites
 
-        sites = write_demo_sites(
-            out / "data", len(names), task=spec.model.task, seed=spec.data.seed,
-            n_train=spec.data.n_train, n_eval=spec.data.n_eval,
-        )
+        sites = write_demo_sites(out / "data", len(names), task=spec.model.task, seed=spec.data.seed,
+                                 n_train=spec.data.n_train, n_eval=spec.data.n_eval)
     return {n: (Path(s) / "train.jsonl", Path(s) / "eval.jsonl") for n, s in zip(names, sites, strict=True)}
 
 
