@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 # The whole test suite (what .ci/run calls).
 test: $(STAMP)
+	bash scripts/test_env.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -rs --durations=10
 
