@@ -70,6 +70,9 @@ class Settings:
     n_eval: int = 60
     new_site_train: int = 24
     new_site_rounds: int = 4
+    # The gossip codec and CHOCO step (the compression issue compares pipeline against lossless).
+    codec: str = "lossless"
+    gamma: float = 1.0
 
 
 def minilm_path() -> str:
@@ -91,8 +94,8 @@ def scenario(s: Settings, method: str, topology: str, seed: int, model: str) -> 
                     "mesh_seed": seed, **ADAPTERS[method]},
         "train": {"steps_per_round": s.steps, "batch_size": s.batch, "max_length": s.max_length, "lr": s.lr,
                   "seed": seed, "device": "cpu"},
-        "gossip": {"rounds": s.rounds, "round_timeout_s": 600.0, "linger_s": 0.0},
-        "codec": {"name": "lossless"},
+        "gossip": {"rounds": s.rounds, "round_timeout_s": 600.0, "linger_s": 0.0, "gamma": s.gamma},
+        "codec": {"name": s.codec},
     }
 
 
@@ -147,6 +150,13 @@ def run_central(s: Settings, seed: int, model: str, out: Path) -> Path:
 def write_run_json(run_dir: Path, method: str, topology: str, seed: int, wall: float) -> None:
     (run_dir / "run.json").write_text(json.dumps({"method": method, "topology": topology, "seed": seed,
                                                   "wall_s": wall}))
+
+
+def bytes_per_link_round(run_dir: Path) -> float:
+    """Mean bytes one node puts on one link per round (protobuf frames on the wire)."""
+    per_link = [r["bytes_sent"] / len(r["neighbours_reached"]) for f in run_dir.glob("*/metrics.jsonl")
+                for r in read_metrics(f) if r.get("neighbours_reached")]
+    return statistics.fmean(per_link) if per_link else 0.0
 
 
 def final_f1(run_dir: Path) -> dict[str, float]:
@@ -216,11 +226,15 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="base model directory (default: the offline MiniLM)")
     ap.add_argument("--out", type=Path, default=None, help="keep run directories and the report here")
     ap.add_argument("--no-grpc-check", action="store_true")
+    ap.add_argument("--codec", default="lossless", help="gossip codec: lossless, fp16, pipeline")
+    ap.add_argument("--gamma", type=float, default=None, help="CHOCO step (default 1, or 0.5 for pipeline)")
     ap.add_argument("--json", action="store_true", help="end with one JSON object")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # nodes run as threads: one intra-op thread each, no oversubscription
     s = Settings(rounds=4, n_train=80, n_eval=40, new_site_rounds=3) if a.quick else Settings()
+    gamma = a.gamma if a.gamma is not None else (0.5 if a.codec == "pipeline" else 1.0)
+    s = dataclasses.replace(s, codec=a.codec, gamma=gamma)
     seeds = list(range(a.seeds or (1 if a.quick else 3)))
     model = a.model or minilm_path()
     with tempfile.TemporaryDirectory(prefix="fedpeer-hetero-") as tmp:
@@ -248,7 +262,8 @@ def run_all(s: Settings, seeds: list[int], model: str, out: Path, grpc: bool) ->
                        else run_mesh(s, method, topology, seed, model, out))
             f1 = final_f1(run_dir)
             results.append({"method": method, "topology": topology, "seed": seed, "mean_macro_f1": _mean(f1),
-                            "per_site_macro_f1": f1, "run_s": time.perf_counter() - t_run})
+                            "per_site_macro_f1": f1, "bytes_per_link_round": bytes_per_link_round(run_dir),
+                            "codec": s.codec, "run_s": time.perf_counter() - t_run})
             log(f"seed {seed} {method:>7} {topology:>8}: mean macro-F1 {_mean(f1):.4f} "
                 f"({time.perf_counter() - t_run:.0f} s)")
     new = new_site(s, out / "dual-ring-s0", model, 0, out)
