@@ -226,6 +226,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="base model directory (default: the offline MiniLM)")
     ap.add_argument("--out", type=Path, default=None, help="keep run directories and the report here")
     ap.add_argument("--no-grpc-check", action="store_true")
+    ap.add_argument("--plan", default=None,
+                    help="only these runs, e.g. dual:ring,local:none (default: every method and topology)")
     ap.add_argument("--codec", default="lossless", help="gossip codec: lossless, fp16, pipeline")
     ap.add_argument("--gamma", type=float, default=None, help="CHOCO step (default 1, or 0.5 for pipeline)")
     ap.add_argument("--json", action="store_true", help="end with one JSON object")
@@ -239,7 +241,8 @@ def main() -> None:
     model = a.model or minilm_path()
     with tempfile.TemporaryDirectory(prefix="fedpeer-hetero-") as tmp:
         out = a.out or Path(tmp)
-        result = run_all(s, seeds, model, out, grpc=not (a.quick or a.no_grpc_check))
+        plan = [tuple(p.split(":")) for p in a.plan.split(",")] if a.plan else None
+        result = run_all(s, seeds, model, out, grpc=not (a.quick or a.no_grpc_check), plan=plan)
         print_results(result)
         from fedpeer.report import build_report
 
@@ -250,11 +253,15 @@ def main() -> None:
         print(json.dumps(result))
 
 
-def run_all(s: Settings, seeds: list[int], model: str, out: Path, grpc: bool) -> dict[str, Any]:
+PLAN = [("local", "none"), ("central", "none"), ("global", "ring"), ("global", "complete"), ("dual", "ring"),
+        ("dual", "complete")]
+
+
+def run_all(s: Settings, seeds: list[int], model: str, out: Path, grpc: bool,
+            plan: list[tuple[str, ...]] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     results = []
-    plan = [(m, t) for m in ("local", "central") for t in ("none",)] + [
-        (m, t) for m in ("global", "dual") for t in ("ring", "complete")]
+    plan = plan or PLAN
     for seed in seeds:
         for method, topology in plan:
             t_run = time.perf_counter()
@@ -266,30 +273,36 @@ def run_all(s: Settings, seeds: list[int], model: str, out: Path, grpc: bool) ->
                             "codec": s.codec, "run_s": time.perf_counter() - t_run})
             log(f"seed {seed} {method:>7} {topology:>8}: mean macro-F1 {_mean(f1):.4f} "
                 f"({time.perf_counter() - t_run:.0f} s)")
-    new = new_site(s, out / "dual-ring-s0", model, 0, out)
-    log(f"new site: mesh start {new['mesh']}, scratch {new['scratch']}")
-    check = grpc_check(s, model, out / "dual-ring-s0", out) if grpc else None
+    has_dual_ring = ("dual", "ring") in plan and 0 in seeds
+    new = new_site(s, out / "dual-ring-s0", model, 0, out) if has_dual_ring else None
+    if new:
+        log(f"new site: mesh start {new['mesh']}, scratch {new['scratch']}")
+    check = grpc_check(s, model, out / "dual-ring-s0", out) if grpc and has_dual_ring else None
     return {"wall_s": time.perf_counter() - t0, "settings": dataclasses.asdict(s), "results": results,
             "new_site": new, "grpc_check": check}
 
 
 def print_results(result: dict[str, Any]) -> None:
     groups: dict[tuple[str, str], list[float]] = {}
+    link_bytes: dict[tuple[str, str], list[float]] = {}
     for r in result["results"]:
         groups.setdefault((r["method"], r["topology"]), []).append(r["mean_macro_f1"])
-    print(f"{'method':>8} {'topology':>9} {'seeds':>5} {'mean macro-F1':>14} {'std':>7}")
+        link_bytes.setdefault((r["method"], r["topology"]), []).append(r["bytes_per_link_round"])
+    print(f"{'method':>8} {'topology':>9} {'seeds':>5} {'mean macro-F1':>14} {'std':>7} {'kB/link/rnd':>12}")
     for (m, t), v in groups.items():
         sd = statistics.stdev(v) if len(v) > 1 else 0.0
-        print(f"{m:>8} {t:>9} {len(v):>5} {statistics.fmean(v):>14.4f} {sd:>7.4f}")
-    best_single = max(statistics.fmean(v) for (m, _), v in groups.items() if m in ("local", "global"))
-    dual = max(statistics.fmean(v) for (m, _), v in groups.items() if m == "dual")
-    central = statistics.fmean(groups[("central", "none")])
-    print(f"dual - best(local, global) = {100 * (dual - best_single):+.1f} points (goal >= +2); "
-          f"central - dual = {100 * (central - dual):+.1f} points (goal <= 3)")
-    ns = result["new_site"]
-    curve = {k: " ".join(f"{x:.3f}" for x in v) for k, v in ns.items()}
-    print(f"new site macro-F1 per round (0 = before training): mesh start {curve['mesh']} | "
-          f"scratch {curve['scratch']}")
+        kb = statistics.fmean(link_bytes[(m, t)]) / 1e3
+        print(f"{m:>8} {t:>9} {len(v):>5} {statistics.fmean(v):>14.4f} {sd:>7.4f} {kb:>12.1f}")
+    means = {k: statistics.fmean(v) for k, v in groups.items()}
+    singles = [v for (m, _), v in means.items() if m in ("local", "global")]
+    duals = [v for (m, _), v in means.items() if m == "dual"]
+    if singles and duals and ("central", "none") in means:
+        print(f"dual - best(local, global) = {100 * (max(duals) - max(singles)):+.1f} points (goal >= +2); "
+              f"central - dual = {100 * (means[('central', 'none')] - max(duals)):+.1f} points (goal <= 3)")
+    if result["new_site"]:
+        curve = {k: " ".join(f"{x:.3f}" for x in v) for k, v in result["new_site"].items()}
+        print(f"new site macro-F1 per round (0 = before training): mesh start {curve['mesh']} | "
+              f"scratch {curve['scratch']}")
     if result["grpc_check"]:
         g = result["grpc_check"]
         print(f"gRPC processes vs in-process (dual, ring, seed 0): {g['grpc_mean_macro_f1']:.4f} vs "
