@@ -130,16 +130,11 @@ def print_summary(rows: list[dict[str, Any]], rounds: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"summary after {rounds} rounds")
-    cols = [
-        "node",
-        "last_round",
-        "train_loss",
-        "eval_loss",
-        "macro_f1",
-        "consensus_distance",
-        "bytes_sent_per_round",
-        "round_s",
-    ]
+    metrics = ["perplexity", "rouge_l", "accuracy", "macro_f1"]
+    cols = ["node", "last_round", "train_loss", "eval_loss"]
+    # Only the evaluation metrics this task produced (perplexity for causal-lm, F1 for seq-cls).
+    cols += [m for m in metrics if any(r.get(m) is not None for r in rows)]
+    cols += ["consensus_distance", "bytes_sent_per_round", "round_s"]
     for c in cols:
         table.add_column(c.replace("_", " "), justify="left" if c == "node" else "right")
     for r in rows:

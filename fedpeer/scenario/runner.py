@@ -274,6 +274,8 @@ def summarize(prepared: PreparedScenario) -> list[dict[str, Any]]:
                 "last_round": last.get("round", 0),
                 "train_loss": last.get("train_loss"),
                 "eval_loss": last.get("eval_loss"),
+                "perplexity": last.get("perplexity"),
+                "rouge_l": last.get("rouge_l"),
                 "accuracy": last.get("accuracy"),
                 "macro_f1": last.get("macro_f1"),
                 "consensus_distance": last.get("consensus_distance"),
