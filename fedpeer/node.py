@@ -146,9 +146,10 @@ class Node:
             self.dual.fingerprint(),
         )
         try:
-            first = self.join() + 1
-            for t in range(first, self.cfg.gossip.rounds + 1):
+            t = self.join() + 1
+            while t <= self.cfg.gossip.rounds:
                 self.run_round(t)
+                t = self.next_round(t)
             self.phase = "done"
             log.info("%s finished %d rounds", self.cfg.node_id, self.completed_round)
             time.sleep(self.cfg.gossip.linger_s)  # serve snapshots to slower neighbours
@@ -197,6 +198,16 @@ class Node:
         self.metrics.write(record)
         log.info(_round_line(self.cfg.node_id, t, self.cfg.gossip.rounds, record))
         return record
+
+    def next_round(self, t: int) -> int:
+        """t + 1, or the round a neighbour already sends updates for if we fell further behind
+        (e.g. during our restart): waiting there would hold the whole neighbourhood back."""
+        ahead = self.copies.highest_round_seen
+        if ahead <= t + 1:
+            return t + 1
+        log.info("%s: neighbours are at round %d after our round %d: catching up", self.cfg.node_id, ahead, t)
+        self.copies.set_round(ahead)
+        return ahead
 
     # ================================================================ steps of a round
     def negotiated_codec(self) -> Codec:

@@ -101,3 +101,13 @@ def test_export_restore_round_trip():
     d = make()
     d.restore(tensors, meta)
     assert value(d) == 1.0 and d.copies["a"].applied_seq == 1 and d.copies["a"].epoch == "e"
+
+
+def test_a_frame_too_far_ahead_is_refused_but_marks_a_resync_and_the_round_to_catch_up_to():
+    c = make()
+    c.set_round(1)
+    with pytest.raises(FrameRejected, match="ahead"):
+        c.offer("a", "e", round=7, seq=7, q=q(1.0))
+    assert c.copies["a"].needs_resync and c.highest_round_seen == 7
+    # The refused update will never come: the laggard must not wait for it.
+    assert c.wait_for_round(1, {"a"}, deadline=time.monotonic() + 5) == {"a"}

@@ -197,3 +197,43 @@ def test_codec_falls_back_to_lossless_when_a_neighbour_cannot_decode_it(tmp_path
     run_threads([a, b])
     assert read_metrics(tmp_path / "node0" / "metrics.jsonl")[-1]["codec"] == "lossless"
     assert read_metrics(tmp_path / "node1" / "metrics.jsonl")[-1]["codec"] == "fp16"
+
+
+def test_a_node_that_fell_behind_catches_up_instead_of_holding_its_neighbours_back(tmp_path):
+    """node2 joins while the others cannot reach it (as during a gRPC reconnect backoff after a
+    restart), so they run several rounds ahead. It must jump to their round; they must not wait out
+    round_timeout_s for it every round."""
+    spec = tiny_spec(nodes=3, topology="complete",
+                     gossip={"rounds": 30, "round_timeout_s": 20.0, "join_timeout_s": 1.0})
+    prepared = prepared_memory(spec, tmp_path)
+    net = MemoryNetwork()
+    nodes = make_nodes(prepared, lambda: MemoryTransport(net))
+    lagger = nodes[2]
+    net.set_down(lagger.cfg.listen)
+    train = lagger.trainer.train_round
+    first = [True]
+
+    def slow_first_round() -> float:
+        if first[0]:
+            first[0] = False
+            time.sleep(1.5)  # the others run ahead meanwhile: their sends to node2 fail fast
+            net.set_down(lagger.cfg.listen, False)
+        return train()
+
+    lagger.trainer.train_round = slow_first_round
+
+    def start(node: Node) -> None:
+        if node is lagger:  # joins a mesh already under way
+            while nodes[0].completed_round < 3:
+                time.sleep(0.05)
+        node.run()
+
+    run_threads(nodes, target=start)
+
+    lag_rounds = [r["round"] for r in read_metrics(tmp_path / "node2" / "metrics.jsonl")]
+    assert lag_rounds[-1] == 30 and max(b - a for a, b in zip(lag_rounds, lag_rounds[1:], strict=False)) > 1
+    for other in ("node0", "node1"):
+        recs = read_metrics(tmp_path / other / "metrics.jsonl")
+        assert [r["round"] for r in recs] == list(range(1, 31))
+        assert max(r["transfer_s"] for r in recs) < 10, "a neighbour waited out the round deadline"
+        assert "node2" in recs[-1]["neighbours_heard"]

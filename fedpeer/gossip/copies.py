@@ -11,7 +11,8 @@ order: the sender and all its receivers must agree on x_hat_j bit for bit. The r
 3. A replay (seq already applied or already queued) is dropped. A frame from a new epoch, or a gap
    in seq below an update that is due, marks the neighbour for *resync*: the round loop pulls the
    sender's whole x_hat (a snapshot with its seq) and continues from there.
-4. Frames more than `max_ahead` rounds ahead of ours are refused (bounds memory).
+4. Frames more than `max_ahead` rounds ahead of ours are refused (bounds memory); the sender is
+   then resynced by snapshot, and the round loop jumps ahead to the neighbours' round.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class PublicCopies:
     def __init__(self, zeros: Mapping[str, torch.Tensor], neighbours: list[str], max_ahead: int) -> None:
         self.max_ahead = max_ahead
         self.current_round = 0
+        # The latest round any neighbour has sent us an update for: a node that fell behind jumps there.
+        self.highest_round_seen = 0
         self.copies = {
             j: NeighbourCopy(x_hat={k: torch.zeros_like(v) for k, v in zeros.items()}) for j in neighbours
         }
@@ -63,7 +66,12 @@ class PublicCopies:
         """Queue update `seq` of `sender`; returns the applied seq. Raises FrameRejected."""
         with self._cv:
             c = self._copy(sender)
+            self.highest_round_seen = max(self.highest_round_seen, round)
             if round > self.current_round + self.max_ahead:
+                # This update is lost to us: resync from the sender's snapshot rather than wait for
+                # it, and let the round loop catch up (`highest_round_seen`).
+                c.needs_resync = True
+                self._cv.notify_all()
                 raise FrameRejected(
                     f"round {round} is more than {self.max_ahead} rounds ahead of ours ({self.current_round})"
                 )
