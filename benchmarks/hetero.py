@@ -15,7 +15,7 @@ model on its own held-out data. Then a new site with little data joins late: its
 rounds starting from the mesh's global adapter vs from scratch. Finally one configuration is run
 again as real gRPC processes to show the in-process numbers carry over.
 
-    python benchmarks/hetero.py --quick          # CI-sized: 1 seed, fewer rounds (~2 min)
+    python benchmarks/hetero.py --quick          # CI-sized: 1 seed, fewer rounds (~4 min)
     python benchmarks/hetero.py                  # 3 seeds, the full table (~15 min on 2 cores)
     python benchmarks/hetero.py --json           # ... last line: one JSON object
 
@@ -57,7 +57,8 @@ ADAPTERS = {  # what each method trains and shares
 @dataclasses.dataclass(frozen=True)
 class Settings:
     sites: int = 4
-    rounds: int = 6
+    # Sized so the default (3 seeds, 6 runs each, new site, gRPC check) fits 15 min on 2 CPU cores.
+    rounds: int = 4
     steps: int = 6  # local steps per round
     batch: int = 16
     max_length: int = 64
@@ -66,13 +67,17 @@ class Settings:
     rank: int = 8
     last_k_blocks: int = 2  # Med-DualLoRA: adapting two blocks is enough
     alpha: float = 0.3  # label skew (Dirichlet); small = strong skew
-    n_train: int = 120
-    n_eval: int = 60
+    n_train: int = 80
+    n_eval: int = 40
     new_site_train: int = 24
-    new_site_rounds: int = 4
+    new_site_rounds: int = 3
     # The gossip codec and CHOCO step (the compression issue compares pipeline against lossless).
     codec: str = "lossless"
     gamma: float = 1.0
+    # train.class_weights for every method. Balanced: a skewed site does not settle on its majority
+    # class, which macro-F1 punishes (seed 0, quick: local 0.470 -> 0.519, dual 0.493 -> 0.520).
+    class_weights: str = "balanced"
+    dual_head: str = "local"  # the dual method's seq-cls head: private ("local") or gossiped ("global")
 
 
 def minilm_path() -> str:
@@ -85,15 +90,34 @@ def minilm_path() -> str:
 
 def scenario(s: Settings, method: str, topology: str, seed: int, model: str) -> dict[str, Any]:
     return {
-        "name": f"{method}-{topology}-s{seed}", "nodes": s.sites,
+        "name": f"{method}-{topology}-s{seed}",
+        "nodes": s.sites,
         "topology": "complete" if topology == "none" else topology,
-        "data": {"generator": "clinical", "alpha": s.alpha, "seed": seed, "n_train": s.n_train,
-                 "n_eval": s.n_eval},
+        "data": {
+            "generator": "clinical",
+            "alpha": s.alpha,
+            "seed": seed,
+            "n_train": s.n_train,
+            "n_eval": s.n_eval,
+        },
         "model": {"path": model, "task": "seq-cls"},
-        "adapter": {"rank": s.rank, "alpha": 2.0 * s.rank, "last_k_blocks": s.last_k_blocks,
-                    "mesh_seed": seed, **ADAPTERS[method]},
-        "train": {"steps_per_round": s.steps, "batch_size": s.batch, "max_length": s.max_length, "lr": s.lr,
-                  "seed": seed, "device": "cpu"},
+        "adapter": {
+            "rank": s.rank,
+            "alpha": 2.0 * s.rank,
+            "last_k_blocks": s.last_k_blocks,
+            "mesh_seed": seed,
+            **ADAPTERS[method],
+            **({"head": s.dual_head} if method == "dual" else {}),
+        },
+        "train": {
+            "steps_per_round": s.steps,
+            "batch_size": s.batch,
+            "max_length": s.max_length,
+            "lr": s.lr,
+            "seed": seed,
+            "device": "cpu",
+            "class_weights": s.class_weights,
+        },
         "gossip": {"rounds": s.rounds, "round_timeout_s": 600.0, "linger_s": 0.0, "gamma": s.gamma},
         "codec": {"name": s.codec},
     }
@@ -123,8 +147,9 @@ def run_central(s: Settings, seed: int, model: str, out: Path) -> Path:
     sites = prepared.nodes
     pooled = write_pooled([Path(c.train.data).parent for c in sites], run_dir / "pooled.jsonl", seed=seed)
     first = sites[0]
-    central_cfg = dataclasses.replace(first.train, data=str(pooled), eval_data=first.train.eval_data,
-                                      steps_per_round=s.steps * len(sites))
+    central_cfg = dataclasses.replace(
+        first.train, data=str(pooled), eval_data=first.train.eval_data, steps_per_round=s.steps * len(sites)
+    )
     dual = load_dual_lora(first.model, first.adapter, torch.device("cpu"), local_seed=seed)
     trainer = LocalTrainer(dual, first.model, central_cfg)
     evaluators = {}
@@ -139,8 +164,15 @@ def run_central(s: Settings, seed: int, model: str, out: Path) -> Path:
         for t in range(1, s.rounds + 1):
             loss = trainer.train_round()
             for node_id, ev in evaluators.items():
-                writers[node_id].write({"round": t, "train_loss": loss, **ev.evaluate(), "bytes_sent": 0,
-                                        "round_s": time.perf_counter() - t0})
+                writers[node_id].write(
+                    {
+                        "round": t,
+                        "train_loss": loss,
+                        **ev.evaluate(),
+                        "bytes_sent": 0,
+                        "round_s": time.perf_counter() - t0,
+                    }
+                )
     finally:
         torch.set_num_threads(threads)
     write_run_json(run_dir, "central", "none", seed, time.perf_counter() - t0)
@@ -148,15 +180,27 @@ def run_central(s: Settings, seed: int, model: str, out: Path) -> Path:
 
 
 def write_run_json(run_dir: Path, method: str, topology: str, seed: int, wall: float) -> None:
-    (run_dir / "run.json").write_text(json.dumps({"method": method, "topology": topology, "seed": seed,
-                                                  "wall_s": wall}))
+    (run_dir / "run.json").write_text(
+        json.dumps({"method": method, "topology": topology, "seed": seed, "wall_s": wall})
+    )
 
 
 def bytes_per_link_round(run_dir: Path) -> float:
     """Mean bytes one node puts on one link per round (protobuf frames on the wire)."""
-    per_link = [r["bytes_sent"] / len(r["neighbours_reached"]) for f in run_dir.glob("*/metrics.jsonl")
-                for r in read_metrics(f) if r.get("neighbours_reached")]
+    per_link = [
+        r["bytes_sent"] / len(r["neighbours_reached"])
+        for f in run_dir.glob("*/metrics.jsonl")
+        for r in read_metrics(f)
+        if r.get("neighbours_reached")
+    ]
     return statistics.fmean(per_link) if per_link else 0.0
+
+
+def codec_share(run_dir: Path) -> float:
+    """Encode + decode time over local training time, summed over every node and round."""
+    recs = [r for f in run_dir.glob("*/metrics.jsonl") for r in read_metrics(f)]
+    train = sum(r.get("train_s", 0.0) for r in recs)
+    return sum(r.get("encode_s", 0.0) + r.get("decode_s", 0.0) for r in recs) / train if train else 0.0
 
 
 def final_f1(run_dir: Path) -> dict[str, float]:
@@ -168,11 +212,18 @@ def final_f1(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def new_site(s: Settings, mesh_dir: Path, model: str, seed: int, out: Path) -> dict[str, list[float]]:
+def new_site_curves(s: Settings, mesh_dir: Path, model: str, seed: int, out: Path) -> dict[str, list[float]]:
     """A fifth site with little data, own style: start from the mesh's global adapter vs scratch."""
     sizes = [s.n_train] * s.sites + [s.new_site_train]
-    site = write_clinical_sites(out / "new-site-data", s.sites + 1, task="seq-cls", alpha=s.alpha, seed=seed,
-                                n_train=sizes, n_eval=s.n_eval)[-1]
+    site = write_clinical_sites(
+        out / "new-site-data",
+        s.sites + 1,
+        task="seq-cls",
+        alpha=s.alpha,
+        seed=seed,
+        n_train=sizes,
+        n_eval=s.n_eval,
+    )[-1]
     spec = parse_scenario(scenario(s, "dual", "ring", seed, model))
     prepared = prepare_for_memory(spec, out / "new-site-tmp")
     cfg = prepared.nodes[0]
@@ -182,8 +233,9 @@ def new_site(s: Settings, mesh_dir: Path, model: str, seed: int, out: Path) -> d
     for start in ("mesh", "scratch"):
         dual = load_dual_lora(cfg.model, cfg.adapter, torch.device("cpu"), local_seed=seed + 99)
         if start == "mesh":  # the mesh's consensus: the mean of the nodes' final global adapters
-            dual.set_global_state({k: torch.stack([st[k] for st in mesh_states]).mean(0)
-                                   for k in dual.global_keys()})
+            dual.set_global_state(
+                {k: torch.stack([st[k] for st in mesh_states]).mean(0) for k in dual.global_keys()}
+            )
         trainer = LocalTrainer(dual, cfg.model, train)
         curve = [trainer.evaluate()["macro_f1"]]
         for _ in range(s.new_site_rounds):
@@ -207,8 +259,11 @@ def grpc_check(s: Settings, model: str, inproc_dir: Path, out: Path) -> dict[str
     prepared = prepare_for_processes(spec, out / "dual-ring-s0-grpc")
     ProcessRunner(prepared, echo=lambda line: log(f"  [grpc] {line}")).run()
     grpc_f1, inproc_f1 = final_f1(prepared.out_dir), final_f1(inproc_dir)
-    return {"inprocess_mean_macro_f1": _mean(inproc_f1), "grpc_mean_macro_f1": _mean(grpc_f1),
-            "max_site_abs_diff": max(abs(grpc_f1[k] - inproc_f1[k]) for k in inproc_f1)}
+    return {
+        "inprocess_mean_macro_f1": _mean(inproc_f1),
+        "grpc_mean_macro_f1": _mean(grpc_f1),
+        "max_site_abs_diff": max(abs(grpc_f1[k] - inproc_f1[k]) for k in inproc_f1),
+    }
 
 
 def _mean(d: dict[str, float]) -> float:
@@ -226,17 +281,29 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="base model directory (default: the offline MiniLM)")
     ap.add_argument("--out", type=Path, default=None, help="keep run directories and the report here")
     ap.add_argument("--no-grpc-check", action="store_true")
-    ap.add_argument("--plan", default=None,
-                    help="only these runs, e.g. dual:ring,local:none (default: every method and topology)")
+    ap.add_argument(
+        "--plan",
+        default=None,
+        help="only these runs, e.g. dual:ring,local:none (default: every method and topology)",
+    )
     ap.add_argument("--codec", default="lossless", help="gossip codec: lossless, fp16, pipeline")
     ap.add_argument("--gamma", type=float, default=None, help="CHOCO step (default 1, or 0.5 for pipeline)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a setting, e.g. --set steps=8 --set max_length=96 (fields: "
+        + ", ".join(f.name for f in dataclasses.fields(Settings))
+        + ")",
+    )
     ap.add_argument("--json", action="store_true", help="end with one JSON object")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # nodes run as threads: one intra-op thread each, no oversubscription
-    s = Settings(rounds=4, n_train=80, n_eval=40, new_site_rounds=3) if a.quick else Settings()
+    s = Settings(rounds=3, n_train=60, n_eval=30, new_site_rounds=2) if a.quick else Settings()
     gamma = a.gamma if a.gamma is not None else (0.5 if a.codec == "pipeline" else 1.0)
-    s = dataclasses.replace(s, codec=a.codec, gamma=gamma)
+    s = dataclasses.replace(s, codec=a.codec, gamma=gamma, **overrides(a.set, ap))
     seeds = list(range(a.seeds or (1 if a.quick else 3)))
     model = a.model or minilm_path()
     with tempfile.TemporaryDirectory(prefix="fedpeer-hetero-") as tmp:
@@ -246,40 +313,89 @@ def main() -> None:
         print_results(result)
         from fedpeer.report import build_report
 
-        report = build_report([d for d in sorted(out.iterdir()) if (d / "run.json").exists()], out / "report",
-                              metric="macro_f1")
+        report = build_report(
+            [d for d in sorted(out.iterdir()) if (d / "run.json").exists()], out / "report", metric="macro_f1"
+        )
         log(f"report: {report}" + ("" if a.out else " (temporary; pass --out to keep it)"))
     if a.json:
         print(json.dumps(result))
 
 
-PLAN = [("local", "none"), ("central", "none"), ("global", "ring"), ("global", "complete"), ("dual", "ring"),
-        ("dual", "complete")]
+def overrides(pairs: list[str], ap: argparse.ArgumentParser) -> dict[str, Any]:
+    """--set FIELD=VALUE pairs as typed Settings fields; an unknown field or bad value is a usage error."""
+    types = {f.name: type(f.default) for f in dataclasses.fields(Settings)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in types:
+            ap.error(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
+        try:
+            out[name] = types[name](value)
+        except ValueError:
+            ap.error(f"--set {pair!r}: {value!r} is not a valid {types[name].__name__}")
+    return out
 
 
-def run_all(s: Settings, seeds: list[int], model: str, out: Path, grpc: bool,
-            plan: list[tuple[str, ...]] | None = None) -> dict[str, Any]:
+PLAN = [
+    ("local", "none"),
+    ("central", "none"),
+    ("global", "ring"),
+    ("global", "complete"),
+    ("dual", "ring"),
+    ("dual", "complete"),
+]
+
+
+def run_all(
+    s: Settings,
+    seeds: list[int],
+    model: str,
+    out: Path,
+    grpc: bool,
+    plan: list[tuple[str, ...]] | None = None,
+    new_site: bool = True,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     results = []
     plan = plan or PLAN
     for seed in seeds:
         for method, topology in plan:
             t_run = time.perf_counter()
-            run_dir = (run_central(s, seed, model, out) if method == "central"
-                       else run_mesh(s, method, topology, seed, model, out))
+            run_dir = (
+                run_central(s, seed, model, out)
+                if method == "central"
+                else run_mesh(s, method, topology, seed, model, out)
+            )
             f1 = final_f1(run_dir)
-            results.append({"method": method, "topology": topology, "seed": seed, "mean_macro_f1": _mean(f1),
-                            "per_site_macro_f1": f1, "bytes_per_link_round": bytes_per_link_round(run_dir),
-                            "codec": s.codec, "run_s": time.perf_counter() - t_run})
-            log(f"seed {seed} {method:>7} {topology:>8}: mean macro-F1 {_mean(f1):.4f} "
-                f"({time.perf_counter() - t_run:.0f} s)")
+            results.append(
+                {
+                    "method": method,
+                    "topology": topology,
+                    "seed": seed,
+                    "mean_macro_f1": _mean(f1),
+                    "per_site_macro_f1": f1,
+                    "bytes_per_link_round": bytes_per_link_round(run_dir),
+                    "codec": s.codec,
+                    "codec_s_per_train_s": codec_share(run_dir),
+                    "run_s": time.perf_counter() - t_run,
+                }
+            )
+            log(
+                f"seed {seed} {method:>7} {topology:>8}: mean macro-F1 {_mean(f1):.4f} "
+                f"({time.perf_counter() - t_run:.0f} s)"
+            )
     has_dual_ring = ("dual", "ring") in plan and 0 in seeds
-    new = new_site(s, out / "dual-ring-s0", model, 0, out) if has_dual_ring else None
+    new = new_site_curves(s, out / "dual-ring-s0", model, 0, out) if has_dual_ring and new_site else None
     if new:
         log(f"new site: mesh start {new['mesh']}, scratch {new['scratch']}")
     check = grpc_check(s, model, out / "dual-ring-s0", out) if grpc and has_dual_ring else None
-    return {"wall_s": time.perf_counter() - t0, "settings": dataclasses.asdict(s), "results": results,
-            "new_site": new, "grpc_check": check}
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "settings": dataclasses.asdict(s),
+        "results": results,
+        "new_site": new,
+        "grpc_check": check,
+    }
 
 
 def print_results(result: dict[str, Any]) -> None:
@@ -297,16 +413,22 @@ def print_results(result: dict[str, Any]) -> None:
     singles = [v for (m, _), v in means.items() if m in ("local", "global")]
     duals = [v for (m, _), v in means.items() if m == "dual"]
     if singles and duals and ("central", "none") in means:
-        print(f"dual - best(local, global) = {100 * (max(duals) - max(singles)):+.1f} points (goal >= +2); "
-              f"central - dual = {100 * (means[('central', 'none')] - max(duals)):+.1f} points (goal <= 3)")
+        print(
+            f"dual - best(local, global) = {100 * (max(duals) - max(singles)):+.1f} points (goal >= +2); "
+            f"central - dual = {100 * (means[('central', 'none')] - max(duals)):+.1f} points (goal <= 3)"
+        )
     if result["new_site"]:
         curve = {k: " ".join(f"{x:.3f}" for x in v) for k, v in result["new_site"].items()}
-        print(f"new site macro-F1 per round (0 = before training): mesh start {curve['mesh']} | "
-              f"scratch {curve['scratch']}")
+        print(
+            f"new site macro-F1 per round (0 = before training): mesh start {curve['mesh']} | "
+            f"scratch {curve['scratch']}"
+        )
     if result["grpc_check"]:
         g = result["grpc_check"]
-        print(f"gRPC processes vs in-process (dual, ring, seed 0): {g['grpc_mean_macro_f1']:.4f} vs "
-              f"{g['inprocess_mean_macro_f1']:.4f} (largest per-site gap {g['max_site_abs_diff']:.4f})")
+        print(
+            f"gRPC processes vs in-process (dual, ring, seed 0): {g['grpc_mean_macro_f1']:.4f} vs "
+            f"{g['inprocess_mean_macro_f1']:.4f} (largest per-site gap {g['max_site_abs_diff']:.4f})"
+        )
     print(f"wall time {result['wall_s']:.0f} s")
 
 

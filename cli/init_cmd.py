@@ -46,6 +46,7 @@ batch_size = 8
 lr = 5e-4
 max_length = 128
 seed = 0
+class_weights = "none"       # seq-cls: "balanced" weighs each class this site has equally (label skew)
 device = "auto"              # auto (cuda if present), cpu, cuda, cuda:1, ...
 
 [gossip]

@@ -23,6 +23,7 @@ CODECS = ("lossless", "fp16", "pipeline")
 CODEC_METHODS = ("svd", "tucker", "tt")
 CODEC_BITS = (4, 8, 16)
 HEAD_SCOPES = ("global", "local")
+CLASS_WEIGHTS = ("none", "balanced")
 WEIGHTINGS = ("metropolis-hastings", "data-size", "val-loss")
 
 
@@ -84,6 +85,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_length: int = 128
     seed: int = 0
+    # seq-cls loss weights. none: plain cross-entropy. balanced: each class the site has weighs
+    # n / (classes present * n_class), so a skewed site does not settle on its majority class
+    # (what macro-F1 punishes). Computed from the site's own training labels only.
+    class_weights: str = "none"
     # auto: cuda when present, else cpu. The scenario runner spreads nodes over GPUs.
     device: str = "auto"
 
@@ -94,6 +99,11 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _require(self.lr >= 0, "train.lr", "must be >= 0")
         _require(self.max_length >= 8, "train.max_length", "must be >= 8")
+        _require(
+            self.class_weights in CLASS_WEIGHTS,
+            "train.class_weights",
+            f"must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -243,8 +253,11 @@ class NodeConfig:
         for part in (self.model, self.adapter, self.train, self.gossip, self.codec):
             part.validate()
         # CHOCO converges with a compressor only for a consensus step below 1.
-        _require(self.codec.name != "pipeline" or self.gossip.gamma < 1.0, "gossip.gamma",
-                 "must be < 1 with the lossy pipeline codec (CHOCO's consensus step; 0.5 is a safe start)")
+        _require(
+            self.codec.name != "pipeline" or self.gossip.gamma < 1.0,
+            "gossip.gamma",
+            "must be < 1 with the lossy pipeline codec (CHOCO's consensus step; 0.5 is a safe start)",
+        )
         for i, link in enumerate(self.links):
             link.validate(f"links[{i}]")
             _require(

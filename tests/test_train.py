@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
-from fedpeer.errors import DataError
+from fedpeer.errors import ConfigError, DataError
 from fedpeer.model import DualLora, load_dual_lora
 from fedpeer.scenario.synth import DEMO_LABELS, write_demo_sites
 from fedpeer.train import LocalTrainer, macro_f1, make_batch, read_jsonl, split_examples
 from fedpeer.train.data import IGNORE_INDEX, Example, split_prompt
+from fedpeer.train.loop import balanced_class_weights
 
 CPU = torch.device("cpu")
 
@@ -299,3 +301,38 @@ def test_prompt_completion_training_and_eval(setup: tuple, jsonl) -> None:
     assert math.isfinite(t.train_round())
     metrics = t.evaluate()
     assert set(metrics) == {"eval_loss", "perplexity", "rouge_l"} and 0 <= metrics["rouge_l"] <= 1
+
+
+def test_balanced_class_weights() -> None:
+    w = balanced_class_weights([0, 0, 0, 1, None], 3)
+    assert w.tolist() == pytest.approx([4 / 6, 2.0, 0.0])  # n / (present classes * n_c); absent class 0
+    assert float(w[torch.tensor([0, 0, 0, 1])].sum()) == pytest.approx(4.0)  # classes weigh the same in total
+
+
+def test_balanced_loss_is_the_weighted_cross_entropy(setup: tuple) -> None:
+    model_cfg, _, train_cfg = setup
+    if model_cfg.task != "seq-cls":
+        pytest.skip("class weights apply to seq-cls")
+    n = len(read_jsonl(train_cfg.data, "seq-cls", model_cfg.labels))
+    losses = {}
+    for mode in ("none", "balanced"):
+        t = trainer(setup, lr=0.0, steps_per_round=1, batch_size=n, class_weights=mode)
+        for m in t.dual.model.modules():  # no dropout: the step's loss is then a plain function of the data
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        with torch.no_grad():  # a confident head, so classes contribute unequal losses
+            t.dual.model.get_submodule(f"base_model.model.{t.dual.head}").weight.mul_(50.0)
+        losses[mode] = t.train_round()
+        batch = t._batch(t.train_examples)
+        labels = batch.pop("labels")
+        with torch.no_grad():
+            logits = t.dual.model(**batch).logits.float()
+        weight = balanced_class_weights([e.label for e in t.train_examples], len(model_cfg.labels))
+        expected = F.cross_entropy(logits, labels, weight=weight if mode == "balanced" else None)
+        assert losses[mode] == pytest.approx(float(expected), rel=1e-5)
+    assert abs(losses["none"] - losses["balanced"]) > 0.01, losses
+
+
+def test_unknown_class_weights_is_refused() -> None:
+    with pytest.raises(ConfigError, match="train.class_weights"):
+        TrainConfig(data="x.jsonl", class_weights="inverse").validate()

@@ -1,8 +1,10 @@
 """Local training between two gossip rounds, evaluation, and the trainer's checkpointable state.
 
 A trainer owns its randomness: batch order comes from (seed, epoch), and dropout draws from a private
-RNG state swapped in around each round, so a node trains the same whether it runs alone, next to other
-nodes in one process, or resumed from a checkpoint.
+RNG state swapped in around each round, so a node trains the same whether it runs alone, in its own
+process next to others, or resumed from a checkpoint. One caveat: torch has one global CPU generator
+per process, so nodes that train at the same time as threads of one process (the in-process scenario
+runner) interleave their dropout draws; such runs are seeded but not bit-reproducible.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from fedpeer.train.data import (
 )
 from fedpeer.train.metrics import macro_f1, rouge_l
 
-__all__ = ["EVAL_GENERATE", "BatchOrder", "LocalTrainer", "macro_f1"]
+__all__ = ["EVAL_GENERATE", "BatchOrder", "LocalTrainer", "balanced_class_weights", "macro_f1"]
 
 _OPTIM_PREFIX = "optim."
 _RNG_CPU, _RNG_CUDA = "rng.cpu", "rng.cuda"
@@ -89,6 +91,10 @@ class LocalTrainer:
         self._optim = torch.optim.AdamW(self._params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         self._input_names = _model_inputs(dual)
         self._rng = _initial_rng(train_cfg.seed, dual.device)
+        self._class_weight = None
+        if self.task == "seq-cls" and train_cfg.class_weights == "balanced":
+            labels = [e.label for e in self.train_examples]
+            self._class_weight = balanced_class_weights(labels, len(model_cfg.labels)).to(dual.device)
         self.rounds = 0
         self.steps = 0
 
@@ -115,7 +121,11 @@ class LocalTrainer:
 
     def _step(self, model: torch.nn.Module) -> float:
         batch = self._batch([self.train_examples[i] for i in self._order.next()])
-        loss = model(**batch).loss
+        if self._class_weight is None:
+            loss = model(**batch).loss
+        else:
+            labels = batch.pop("labels")
+            loss = F.cross_entropy(model(**batch).logits.float(), labels, weight=self._class_weight)
         self._optim.zero_grad(set_to_none=True)
         loss.backward()
         self._optim.step()
@@ -300,6 +310,20 @@ def _cuda_devices(device: torch.device) -> list[int]:
         if device.type == "cuda"
         else []
     )
+
+
+def balanced_class_weights(labels: Sequence[int | None], num_labels: int) -> torch.Tensor:
+    """n / (classes present * n_c) for each class c the labels contain; 0 for absent classes.
+
+    Each present class then carries the same total weight in the loss, whatever its frequency.
+    """
+    counts = torch.bincount(
+        torch.tensor([int(y) for y in labels if y is not None], dtype=torch.long), minlength=num_labels
+    ).double()
+    present = counts > 0
+    weights = torch.zeros(num_labels, dtype=torch.float64)
+    weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return weights.float()
 
 
 def _loss_sum(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[float, int]:
