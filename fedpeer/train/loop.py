@@ -91,7 +91,7 @@ class LocalTrainer:
         self._optim = torch.optim.AdamW(self._params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         self._input_names = _model_inputs(dual)
         self._rng = _initial_rng(train_cfg.seed, dual.device)
-        self._class_weight = None
+        self._class_weight: torch.Tensor | None = None
         if self.task == "seq-cls" and train_cfg.class_weights == "balanced":
             labels = [e.label for e in self.train_examples]
             self._class_weight = balanced_class_weights(labels, len(model_cfg.labels)).to(dual.device)
