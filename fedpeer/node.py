@@ -200,10 +200,12 @@ class Node:
         return record
 
     def next_round(self, t: int) -> int:
-        """t + 1, or the round a neighbour already sends updates for if we fell further behind
-        (e.g. during our restart): waiting there would hold the whole neighbourhood back."""
+        """t + 1, or the round a neighbour already sends updates for if it is so far ahead that we
+        refused its frames (e.g. after our restart): waiting there would hold the neighbourhood back.
+        A smaller lag (say the two sides of a healed partition) closes by itself: those frames are
+        queued, and the neighbour waits for ours."""
         ahead = self.copies.highest_round_seen
-        if ahead <= t + 1:
+        if ahead <= t + self.copies.max_ahead:
             return t + 1
         log.info("%s: neighbours are at round %d after our round %d: catching up", self.cfg.node_id, ahead, t)
         self.copies.set_round(ahead)
