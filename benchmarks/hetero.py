@@ -78,6 +78,9 @@ class Settings:
     # class, which macro-F1 punishes (seed 0, default settings: local 0.470 -> 0.519, dual 0.493 -> 0.520).
     class_weights: str = "balanced"
     dual_head: str = "local"  # the dual method's seq-cls head: private ("local") or gossiped ("global")
+    # The base model's dropout. Off, in-process nodes train in parallel and every run reproduces
+    # exactly (on, they take turns: see fedpeer.train.loop).
+    dropout: bool = False
 
 
 def minilm_path() -> str:
@@ -100,7 +103,7 @@ def scenario(s: Settings, method: str, topology: str, seed: int, model: str) -> 
             "n_train": s.n_train,
             "n_eval": s.n_eval,
         },
-        "model": {"path": model, "task": "seq-cls"},
+        "model": {"path": model, "task": "seq-cls", "dropout": s.dropout},
         "adapter": {
             "rank": s.rank,
             "alpha": 2.0 * s.rank,
@@ -330,10 +333,18 @@ def overrides(pairs: list[str], ap: argparse.ArgumentParser) -> dict[str, Any]:
         if not sep or name not in types:
             ap.error(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
         try:
-            out[name] = types[name](value)
+            out[name] = _parse_bool(value) if types[name] is bool else types[name](value)
         except ValueError:
             ap.error(f"--set {pair!r}: {value!r} is not a valid {types[name].__name__}")
     return out
+
+
+def _parse_bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 PLAN = [

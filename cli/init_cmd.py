@@ -25,6 +25,7 @@ path = "{model}"   # Hugging Face model id (available offline) or a local direct
 task = "{task}"           # causal-lm (JSONL `text`) or seq-cls (JSONL `text` + `label`)
 labels = [{labels}]       # seq-cls only: class names; `label` in the data is one of these
 dtype = "float32"
+dropout = true            # the base model's own dropout; false: off (reproducible in-process meshes)
 
 [adapter]
 rank = 8                     # LoRA rank of both adapters

@@ -35,6 +35,9 @@ class ModelConfig:
     labels: tuple[str, ...] = ()
     # Same base weights everywhere matter more than speed; fp32 keeps CPU runs exact.
     dtype: str = "float32"
+    # The frozen base model's own dropout while training (LoRA's is adapter.dropout). false turns it
+    # off: nothing random is drawn, so nodes sharing a process train in parallel and reproducibly.
+    dropout: bool = True
 
     def validate(self) -> None:
         _require(self.path != "", "model.path", "must name a Hugging Face model id or a local directory")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,50 @@ def test_training_leaves_the_callers_rng_alone(setup: tuple) -> None:
     torch.manual_seed(7)
     t.train_round()
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_trainers_sharing_a_process_reproduce(setup: tuple) -> None:
+    # Dropout on (base and adapter): threads take turns with torch's global RNG, so each trainer's
+    # losses are those it has alone, whatever the interleaving.
+    def rounds(t: LocalTrainer, out: dict[str, list[float]], key: str) -> None:
+        out[key] = [t.train_round() for _ in range(3)]
+
+    alone: dict[str, list[float]] = {}
+    rounds(trainer(setup), alone, "a")
+    together: dict[str, list[float]] = {}
+    pair = {"a": trainer(setup), "b": trainer(setup, seed=5)}
+    threads = [threading.Thread(target=rounds, args=(t, together, k)) for k, t in pair.items()]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert together["a"] == alone["a"]
+    assert together["b"] != together["a"]  # another seed: other batches and masks
+
+
+def with_attention_dropout(src: Path, dst: Path, p: float) -> Path:
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**config, "attention_dropout": p}))
+    return dst
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_model_dropout_switch(setup: tuple, tmp_path: Path, dropout: bool) -> None:
+    # BERT has dropout layers; Llama's attention dropout is a float handed to the attention function.
+    model_cfg, adapter_cfg, _ = setup
+    path = model_cfg.path
+    if model_cfg.task == "causal-lm":
+        path = str(with_attention_dropout(Path(path), tmp_path / "llama", 0.5))
+    model_cfg = dataclasses.replace(model_cfg, path=path, dropout=dropout)
+    dual = load_dual_lora(model_cfg, dataclasses.replace(adapter_cfg, dropout=0.0), CPU, local_seed=1)
+    dual.model.train()
+    ids = torch.randint(4, 40, (2, 12))
+    with torch.no_grad():
+        first, second = dual.model(input_ids=ids).logits, dual.model(input_ids=ids).logits
+    assert torch.equal(first, second) is not dropout
+    t = LocalTrainer(dual, model_cfg, setup[2])
+    assert t._draws_random is dropout
 
 
 def test_split_is_seeded_and_disjoint() -> None:

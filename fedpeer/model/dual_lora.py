@@ -193,7 +193,7 @@ def load_dual_lora(
 ) -> DualLora:
     """Load the base model and tokenizer from `model.path` and attach the global and local adapters.
 
-    A_g comes from `adapter.mesh_seed` (identical on every site); A_l and a fresh local head come from
+    A_g and a fresh seq-cls head come from `adapter.mesh_seed` (identical on every site); A_l from
     `local_seed`. B_g and B_l start at zero, so the adapted model equals the base model at first.
     """
     # Loading draws random numbers (fresh heads, peft's default A init); keep the caller's RNG untouched.
@@ -201,8 +201,9 @@ def load_dual_lora(
         base, tokenizer, fresh_head = _load_base(model)
         head = _find_head(base) if model.task == "seq-cls" else None
         if head is not None and fresh_head:
-            seed = adapter.mesh_seed if adapter.head == GLOBAL else local_seed
-            _init_head(base, head, f"{adapter.head}/{seed}")
+            # From the mesh seed even when private: sites' global adapters then start out learning for
+            # the same head (seed 0-2 of benchmarks/hetero.py, dual/ring: 0.537 -> 0.554 macro-F1).
+            _init_head(base, head, f"{adapter.head}/{adapter.mesh_seed}")
         for p in base.parameters():
             p.requires_grad_(False)
         targets = _resolve_targets(base, adapter.target_modules)
@@ -242,6 +243,8 @@ def _load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         reason = str(exc).splitlines()[0].rstrip(".")
         raise ModelError(f"cannot load model {cfg.path!r}: {reason}. {hint}") from None
     _ensure_pad_token(base, tokenizer)
+    if not cfg.dropout:
+        _disable_dropout(base)
     # mismatched_keys holds (name, checkpoint shape, model shape) tuples.
     reinit = [*info["missing_keys"], *(m[0] for m in info["mismatched_keys"])]
     fresh_head = any(k.split(".")[0] in HEAD_NAMES for k in reinit)
@@ -262,6 +265,17 @@ def _ensure_pad_token(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
     tokenizer.padding_side = "right"
 
 
+def _disable_dropout(base: PreTrainedModel) -> None:
+    """p = 0 in every dropout layer, and in float `*dropout*` attributes that modules pass to functional
+    dropout (e.g. attention_dropout in Llama-style attention)."""
+    for module in base.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+
+
 def _find_head(base: PreTrainedModel) -> str:
     children = dict(base.named_children())
     for name in HEAD_NAMES:
@@ -274,7 +288,7 @@ def _find_head(base: PreTrainedModel) -> str:
 
 
 def _init_head(base: PreTrainedModel, head: str, seed_text: str) -> None:
-    # A fresh head must be the same on every site that shares it, like A_g.
+    # A fresh head is the same on every site, like A_g.
     std = getattr(base.config, "initializer_range", 0.02)
     with torch.no_grad():
         for name, p in base.get_submodule(head).named_parameters():
@@ -448,7 +462,7 @@ def _config_hash(base: PreTrainedModel) -> str:
 
 
 def _weights_hash(base: PreTrainedModel, head: str | None) -> str:
-    # The head is left out: a fresh local head is site-specific by design; its shape is in the config hash.
+    # The head is left out: a local head becomes site-specific as it trains; its shape is in the config hash.
     h = hashlib.sha256()
     for name, p in sorted(base.named_parameters()):
         if head is not None and name.startswith(f"{head}."):

@@ -2,9 +2,11 @@
 
 A trainer owns its randomness: batch order comes from (seed, epoch), and dropout draws from a private
 RNG state swapped in around each round, so a node trains the same whether it runs alone, in its own
-process next to others, or resumed from a checkpoint. One caveat: torch has one global CPU generator
-per process, so nodes that train at the same time as threads of one process (the in-process scenario
-runner) interleave their dropout draws; such runs are seeded but not bit-reproducible.
+process next to others, or resumed from a checkpoint. torch has one global CPU generator per process,
+so trainers that share a process (the in-process scenario runner runs nodes as threads) and draw
+dropout masks take turns: such a round holds a process-wide lock, otherwise the draws would interleave
+and a seeded run would not reproduce. With `model.dropout = false` (and no adapter dropout) training
+draws nothing random, and threads train side by side, each reproducibly.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -37,6 +40,8 @@ __all__ = ["EVAL_GENERATE", "BatchOrder", "LocalTrainer", "balanced_class_weight
 
 _OPTIM_PREFIX = "optim."
 _RNG_CPU, _RNG_CUDA = "rng.cpu", "rng.cuda"
+# torch's generators are process-global: trainers that draw dropout masks train one round at a time.
+_RNG_LOCK = threading.Lock()
 # Prompt/completion eval examples generated and scored by ROUGE-L per evaluation: enough for a usable
 # mean, few enough that greedy decoding costs little next to a round of training.
 EVAL_GENERATE = 32
@@ -91,6 +96,10 @@ class LocalTrainer:
         self._optim = torch.optim.AdamW(self._params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         self._input_names = _model_inputs(dual)
         self._rng = _initial_rng(train_cfg.seed, dual.device)
+        # The base's own dropout (which may be functional, not a module) or an active dropout module.
+        self._draws_random = model_cfg.dropout or any(
+            isinstance(m, torch.nn.Dropout) and m.p > 0 for m in dual.model.modules()
+        )
         self._class_weight: torch.Tensor | None = None
         if self.task == "seq-cls" and train_cfg.class_weights == "balanced":
             labels = [e.label for e in self.train_examples]
@@ -113,7 +122,8 @@ class LocalTrainer:
         model = self.dual.model
         model.train()
         losses = []
-        with _private_rng(self._rng, self.dual.device):
+        turn = _RNG_LOCK if self._draws_random else contextlib.nullcontext()
+        with turn, _private_rng(self._rng, self.dual.device):
             for _ in range(self.cfg.steps_per_round):
                 losses.append(self._step(model))
         self.rounds += 1
