@@ -1,6 +1,6 @@
 """Per-round series of a scenario run, and how far apart the sites' local adapters ended up.
 
-    python scripts/run_series.py runs/ring4          # markdown tables
+python scripts/run_series.py runs/ring4          # markdown tables
 """
 
 from __future__ import annotations

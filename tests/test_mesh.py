@@ -203,8 +203,9 @@ def test_a_node_that_fell_behind_catches_up_instead_of_holding_its_neighbours_ba
     """node2 joins while the others cannot reach it (as during a gRPC reconnect backoff after a
     restart), so they run several rounds ahead. It must jump to their round; they must not wait out
     round_timeout_s for it every round."""
-    spec = tiny_spec(nodes=3, topology="complete",
-                     gossip={"rounds": 30, "round_timeout_s": 20.0, "join_timeout_s": 1.0})
+    spec = tiny_spec(
+        nodes=3, topology="complete", gossip={"rounds": 30, "round_timeout_s": 20.0, "join_timeout_s": 1.0}
+    )
     prepared = prepared_memory(spec, tmp_path)
     net = MemoryNetwork()
     nodes = make_nodes(prepared, lambda: MemoryTransport(net))

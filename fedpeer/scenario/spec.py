@@ -298,13 +298,26 @@ def _data_files(spec: ScenarioSpec, out: Path, names: list[str]) -> dict[str, tu
     if spec.data.generator == "clinical":
         from fedpeer.scenario.clinical import write_clinical_sites
 
-        sites = write_clinical_sites(out / "data", len(names), task=spec.model.task, alpha=spec.data.alpha,
-                                     seed=spec.data.seed, n_train=spec.data.n_train, n_eval=spec.data.n_eval)
+        sites = write_clinical_sites(
+            out / "data",
+            len(names),
+            task=spec.model.task,
+            alpha=spec.data.alpha,
+            seed=spec.data.seed,
+            n_train=spec.data.n_train,
+            n_eval=spec.data.n_eval,
+        )
     else:
         from fedpeer.scenario.synth import write_demo_sites
 
-        sites = write_demo_sites(out / "data", len(names), task=spec.model.task, seed=spec.data.seed,
-                                 n_train=spec.data.n_train, n_eval=spec.data.n_eval)
+        sites = write_demo_sites(
+            out / "data",
+            len(names),
+            task=spec.model.task,
+            seed=spec.data.seed,
+            n_train=spec.data.n_train,
+            n_eval=spec.data.n_eval,
+        )
     return {n: (Path(s) / "train.jsonl", Path(s) / "eval.jsonl") for n, s in zip(names, sites, strict=True)}
 
 
