@@ -39,6 +39,23 @@ def flatten(groups: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch
     return {f"{g}/{k}": v.detach().contiguous().cpu() for g, ts in groups.items() for k, v in ts.items()}
 
 
+def ensure_writable(state_dir: str | Path) -> Path:
+    """Create `state_dir` if needed and check that this process can write there, before any work
+    is done that a checkpoint would have to keep."""
+    path = Path(state_dir).expanduser().absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CheckpointError(
+            f"state_dir {path} is not writable ({exc.strerror or exc}): point state_dir at a "
+            "directory this user can write, or fix its permissions"
+        ) from None
+    return path
+
+
 def save(state_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ array. `fedpeer init` writes a commented example.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -107,6 +108,12 @@ class TrainConfig:
             "train.class_weights",
             f"must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}",
         )
+        # The form only (torch is not imported here); the node checks the device exists at start.
+        _require(
+            re.fullmatch(r"[a-z]+(:\d+)?", self.device) is not None,
+            "train.device",
+            f"must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,9 @@ class GossipConfig:
     # site's number of training examples, or exp(1 - val_loss) as in Fed-MedLoRA+), so the mesh
     # converges to the pi-weighted average instead (see docs/protocol.md).
     weighting: str = "metropolis-hastings"
+    # A node that never hears from any neighbour during its whole run trained alone: it then exits
+    # with an error (a misconfigured mesh must not pass for a working one). True allows solo runs.
+    allow_solo: bool = False
 
     def validate(self) -> None:
         _require(self.rounds >= 1, "gossip.rounds", "must be >= 1")
@@ -360,13 +370,67 @@ def load_node_config(path: str | Path) -> NodeConfig:
     return cfg
 
 
+def with_overrides(cfg: NodeConfig, changes: dict[str, Any]) -> NodeConfig:
+    """`cfg` with dotted settings replaced ({"gossip.rounds": 3}), checked like the file's values:
+    type first, then the whole config's validation (so --rounds 0 fails as `rounds = 0` would)."""
+    for key, value in changes.items():
+        section, _, name = key.rpartition(".")
+        parent: Any = getattr(cfg, section, None) if section else cfg
+        fields = {f.name for f in dataclasses.fields(parent)} if dataclasses.is_dataclass(parent) else set()
+        if name not in fields:
+            raise ConfigError(f"{key} is not a known setting")
+        value = convert_value(typing.get_type_hints(type(parent))[name], value, key)
+        parent = dataclasses.replace(parent, **{name: value})
+        cfg = dataclasses.replace(cfg, **{section: parent}) if section else parent
+    cfg.validate()
+    return cfg
+
+
+def hub_id_shaped(path: str) -> bool:
+    """Whether `path` reads as a Hugging Face hub id `org/name`: exactly one '/', nothing path-like."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None
+
+
+def missing_model_dir(path: str, base: Path) -> Path | None:
+    """Where model path `path` (relative to `base`) was looked for, when it is neither an existing
+    path nor a hub id `org/name`; None otherwise. `org/name` whose `org` is a local directory is a
+    local path too (models/base with models/ present), unless the Hugging Face cache holds it; so
+    does a bare legacy id (gpt2), which passes only when cached."""
+    local = base / Path(path).expanduser()
+    if local.exists():
+        return None
+    if hub_id_shaped(path) and not (base / path.split("/")[0]).is_dir():
+        return None
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", path) and in_hub_cache(path):
+        return None
+    return local.resolve()
+
+
+def in_hub_cache(model_id: str) -> bool:
+    """Whether the local Hugging Face cache holds model `model_id` (its config.json)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache  # no torch behind it
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+
+
 def resolve_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
-    """Make file paths absolute relative to `base` (model.path only when it is an existing dir)."""
+    """Make file paths absolute relative to `base` (model.path only when it is an existing dir).
+
+    A model.path that exists nowhere and is no hub id `org/name` is refused at once (rather than
+    tried on the hub, which retries for a minute before saying it cannot connect)."""
 
     def fix(p: str) -> str:
         return str((base / p).resolve()) if p and not Path(p).is_absolute() else p
 
     model_path = cfg.model.path
+    missing = missing_model_dir(model_path, base) if model_path else None
+    if missing is not None:
+        raise ConfigError(
+            f"model.path {model_path!r}: no such directory: {missing} (relative paths are relative to "
+            "the config file; a Hugging Face model id is org/name)"
+        )
     if model_path and (base / model_path).exists():
         model_path = fix(model_path)
     return dataclasses.replace(

@@ -37,3 +37,7 @@ class PeerUnavailable(FedpeerError):
 
 class CheckpointError(FedpeerError):
     """A checkpoint is missing, corrupt or does not fit the configured model."""
+
+
+class TrainedAlone(FedpeerError):
+    """A node finished its rounds without ever hearing from a neighbour (and solo runs were not asked for)."""

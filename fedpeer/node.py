@@ -21,7 +21,6 @@ Rules for slow, dead and restarted neighbours (see docs/protocol.md):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -38,7 +37,14 @@ import torch
 from fedpeer import PROTOCOL_VERSION, checkpoint
 from fedpeer.codec import Codec, DecodeLimits, available_codecs, codec_from_config, get_codec
 from fedpeer.config import NodeConfig
-from fedpeer.errors import CheckpointError, FedpeerError, FrameRejected, HandshakeError, PeerUnavailable
+from fedpeer.errors import (
+    CheckpointError,
+    FedpeerError,
+    FrameRejected,
+    HandshakeError,
+    PeerUnavailable,
+    TrainedAlone,
+)
 from fedpeer.gossip import choco
 from fedpeer.gossip.copies import PublicCopies, State
 from fedpeer.gossip.weights import metropolis_hastings
@@ -61,6 +67,8 @@ log = logging.getLogger("fedpeer.node")
 
 # Snapshots must reproduce x_hat bit for bit on the receiver: always lossless.
 SNAPSHOT_CODEC = "lossless"
+# While joining, say which neighbours we still wait for (and why) this often.
+JOIN_REPORT_S = 10.0
 
 
 @dataclass
@@ -68,7 +76,8 @@ class Peer:
     id: str
     address: str
     info: PeerInfo | None = None  # from our handshake with it; None until it answered
-    refused: str = ""  # last handshake refusal, logged once
+    # Why we are not connected: "refused: ..." or "not reachable: ...", each logged once.
+    problem: str = ""
     reachable: bool = False
 
 
@@ -102,6 +111,7 @@ class _Span:
 
 class Node:
     def __init__(self, cfg: NodeConfig, transport: Transport) -> None:
+        checkpoint.ensure_writable(cfg.state_dir)  # fail now, not after a round of training
         self.cfg = cfg
         self.transport = transport
         self.device = resolve_device(cfg.train.device)
@@ -119,12 +129,15 @@ class Node:
         self.seq = 0
         self.sent_round = 0
         self.completed_round = 0
+        self.rounds_run = 0  # by this process (a node that catches up skips rounds)
+        self.heard_any = False  # from any neighbour, in any round of this process
         self.phase = "starting"
         self.last_loss = math.nan
         self.last_distance = math.nan
         self.last_eval_loss = math.nan
         self.pi = 1.0
         self._codec_warned = False
+        self._refusals_logged: set[tuple[str, str]] = set()
         self._self_lock = threading.Lock()
         self._io: dict[int, RoundIO] = defaultdict(RoundIO)
         self._io_lock = threading.Lock()
@@ -151,10 +164,35 @@ class Node:
                 self.run_round(t)
                 t = self.next_round(t)
             self.phase = "done"
-            log.info("%s finished %d rounds", self.cfg.node_id, self.completed_round)
+            log.info(self.finished_line())
             time.sleep(self.cfg.gossip.linger_s)  # serve snapshots to slower neighbours
         finally:
             self.close()
+        self.check_not_alone()
+
+    def finished_line(self) -> str:
+        total, ran = self.cfg.gossip.rounds, self.rounds_run
+        if ran == total:
+            return f"{self.cfg.node_id} finished: ran all {total} rounds"
+        return (
+            f"{self.cfg.node_id} finished at round {self.completed_round}/{total}: ran {ran} rounds "
+            f"in this run ({self.completed_round - ran} done before a restart or skipped catching up)"
+        )
+
+    def check_not_alone(self) -> None:
+        """A node that ran rounds but never heard from a neighbour trained alone: a mesh that did not
+        form must not pass for a working one (unless gossip.allow_solo asks for it)."""
+        if self.rounds_run == 0 or self.heard_any or not self.peers:
+            return
+        why = "; ".join(f"{p.id}: {p.problem or 'never sent an update'}" for p in self.peers.values())
+        msg = f"{self.cfg.node_id} trained alone: it never heard from any neighbour ({why})"
+        if self.cfg.gossip.allow_solo:
+            log.warning("%s (allowed by gossip.allow_solo)", msg)
+            return
+        raise TrainedAlone(
+            f"{msg}. Check the neighbours' addresses, that they run, and that they use the same model "
+            "config; pass --allow-solo (gossip.allow_solo = true) to train without a mesh on purpose"
+        )
 
     def run_round(self, t: int) -> dict[str, Any]:
         timer = Timer()
@@ -184,7 +222,11 @@ class Node:
                 x, self.x_hat_self, self.copies.x_hats(heard), self.weights(heard), self.cfg.gossip.gamma
             )
             self.dual.set_global_state(x_new)
-            self.last_distance = choco.consensus_distance(x_new, self.copies.x_hats(heard))
+            # No neighbour mixed: no distance measured (0.0 would read as perfect consensus).
+            self.last_distance = (
+                choco.consensus_distance(x_new, self.copies.x_hats(heard)) if heard else math.nan
+            )
+            self.heard_any = self.heard_any or bool(heard)
 
         self.phase = "evaluating"
         with timer.span("eval"):
@@ -192,11 +234,12 @@ class Node:
         self.last_eval_loss = evaluation.get("eval_loss", math.nan)
 
         self.completed_round = t
+        self.rounds_run += 1
         with timer.span("checkpoint"):
             self.save_checkpoint()
         record = self.round_record(t, timer, t_start, sent, heard, resynced, evaluation, frame)
         self.metrics.write(record)
-        log.info(_round_line(self.cfg.node_id, t, self.cfg.gossip.rounds, record))
+        log.info(_round_line(self.cfg.node_id, t, self.cfg.gossip.rounds, len(self.peers), record))
         return record
 
     def next_round(self, t: int) -> int:
@@ -270,7 +313,9 @@ class Node:
         except (PeerUnavailable, FrameRejected) as exc:
             if peer.reachable:
                 log.warning("%s: lost %s: %s", self.cfg.node_id, peer.id, exc)
+            peer.problem = f"not reachable: {exc}"
             return 0
+        peer.problem = ""
         if not result.ack.accepted:
             log.warning(
                 "%s: %s refused our round-%d update: %s",
@@ -358,15 +403,21 @@ class Node:
         )
 
     def handshake(self, peer: Peer) -> None:
+        """Try to connect to `peer`. A refusal is logged once per reason; an unreachable peer is
+        only recorded (`peer.problem`): the join loop and the send path say when it matters."""
         try:
             info = self.transport.hello(peer.address, self.me(), self.cfg.gossip.rpc_timeout_s)
             self.check_peer(info, expected_id=peer.id)
         except HandshakeError as exc:
-            if str(exc) != peer.refused:
+            problem = f"refused: {exc}"
+            if problem != peer.problem:
                 log.error("%s: handshake with %s refused: %s", self.cfg.node_id, peer.id, exc)
-            peer.refused = str(exc)
+            peer.problem = problem
             return
-        peer.info, peer.refused, peer.reachable = info, "", True
+        except PeerUnavailable as exc:
+            peer.problem = f"not reachable: {exc}"
+            return
+        peer.info, peer.problem, peer.reachable = info, "", True
         log.info(
             "%s: connected to %s at %s (round %d, degree %d)",
             self.cfg.node_id,
@@ -380,22 +431,33 @@ class Node:
         """Handshake with every neighbour (retrying until join_timeout_s); returns the round to
         continue after: ours, or the mesh's if we are behind (a restarted node catches up)."""
         self.phase = "joining"
-        deadline = time.monotonic() + self.cfg.gossip.join_timeout_s
+        start = time.monotonic()
+        deadline = start + self.cfg.gossip.join_timeout_s
+        next_report = start
         while True:
             for p in self.peers.values():
                 if p.info is None:
-                    with contextlib.suppress(PeerUnavailable):
-                        self.handshake(p)
-            missing = [p.id for p in self.peers.values() if p.info is None]
-            if not missing or time.monotonic() > deadline:
+                    self.handshake(p)
+            missing = [p for p in self.peers.values() if p.info is None]
+            now = time.monotonic()
+            if not missing or now > deadline:
                 break
+            if now >= next_report:  # say what we wait for, every JOIN_REPORT_S
+                log.info(
+                    "%s: waiting for %s (up to %.0f s more)",
+                    self.cfg.node_id,
+                    "; ".join(f"{p.id} at {p.address}: {p.problem or 'no answer yet'}" for p in missing),
+                    deadline - now,
+                )
+                next_report = now + JOIN_REPORT_S
             time.sleep(0.5)
-        if missing:
+        for p in missing:
             log.warning(
-                "%s: starting without %s (not reachable after %.0f s); they join when they come up",
+                "%s: starting without %s after %.0f s (%s); it joins when it comes up",
                 self.cfg.node_id,
-                ", ".join(missing),
+                p.id,
                 self.cfg.gossip.join_timeout_s,
+                p.problem or "no answer",
             )
         mesh_round = max([p.info.round for p in self.peers.values() if p.info] + [self.completed_round])
         if mesh_round > self.completed_round:
@@ -439,7 +501,10 @@ class Node:
         try:
             self.check_peer(peer)
         except HandshakeError as exc:
-            log.error("%s: refused handshake from %s: %s", self.cfg.node_id, peer.node_id or "?", exc)
+            key = (peer.node_id, str(exc))  # a refused peer retries twice a second: log it once
+            if key not in self._refusals_logged:
+                self._refusals_logged.add(key)
+                log.error("%s: refused handshake from %s: %s", self.cfg.node_id, peer.node_id or "?", exc)
             raise
         log.info(
             "%s: handshake from %s (round %d, epoch %s)",
@@ -624,14 +689,16 @@ def _local_seed(cfg: NodeConfig) -> int:
     return zlib.crc32(cfg.node_id.encode()) ^ cfg.train.seed
 
 
-def _round_line(node: str, t: int, total: int, r: dict[str, Any]) -> str:
+def _round_line(node: str, t: int, total: int, degree: int, r: dict[str, Any]) -> str:
     ev = next(
         (f"{k} {r[k]:.4f}" for k in ("macro_f1", "accuracy", "eval_loss") if k in r and r[k] is not None), ""
     )
+    distance = r["consensus_distance"]
+    consensus = f"{distance:.3g}" if math.isfinite(distance) else "-"
     return (
         f"{node} round {t}/{total}: loss {r['train_loss']:.4f} {ev} | heard {len(r['neighbours_heard'])}"
-        f"/{len(r['neighbours_reached'])} | sent {r['bytes_sent'] / 1e3:.1f} kB | consensus "
-        f"{r['consensus_distance']:.3g} | {r['round_s']:.1f} s"
+        f"/{degree} reached {len(r['neighbours_reached'])}/{degree} | sent {r['bytes_sent'] / 1e3:.1f} kB"
+        f" | consensus {consensus} | {r['round_s']:.1f} s"
     )
 
 

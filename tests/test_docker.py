@@ -3,6 +3,7 @@ compose file. Tests that need an engine and the image skip, saying which, where 
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -99,16 +100,27 @@ def test_killed_container_restarts_from_its_checkpoint(tmp_path):
 
     victim = node_records(tmp_path, "node1")
     rounds = [r["round"] for r in victim]
-    assert rounds[:2] == [1, 2]
-    assert rounds[2] > 3, f"the restarted container should resume and jump to the mesh's round: {rounds}"
+    assert rounds == sorted(set(rounds)) and rounds[-1] == 30, (
+        f"no round twice, none after the last: {rounds}"
+    )
     assert victim[-1]["neighbours_heard"] == ["node0", "node2"]
-    # It resumed from its checkpoint: the log of the new container says so.
-    assert "resum" in (tmp_path / "node1" / "node.log").read_text().lower()
+    # The new container resumed from the checkpoint of the round it was killed after, and went on at
+    # the mesh's round as its handshakes saw it. How far the mesh got while the container started
+    # (and whether the kill landed before or after the next round) is up to the machine: read both
+    # from the node's log instead of assuming them.
+    node_log = (tmp_path / "node1" / "node.log").read_text()
+    resumed = re.search(r"resumed from \S+ at round (\d+)", node_log)
+    assert resumed, node_log
+    done = int(resumed.group(1))
+    assert done >= 2 and rounds[:done] == list(range(1, done + 1)), f"{rounds}\n{node_log}"
+    mesh = re.search(rf"the mesh is at round (\d+), we completed {done}", node_log)
+    assert rounds[done] == (int(mesh.group(1)) if mesh else done) + 1, f"{rounds}\n{node_log}"
     for other in ("node0", "node2"):
         recs = node_records(tmp_path, other)
         assert [r["round"] for r in recs] == list(range(1, 31))
         assert any("node1" in r["resynced"] for r in recs), f"{other} never resynced node1"
-    print(f"\nkill/restart: node1 ran rounds 1-2, resumed at {rounds[2]} (rounds lost: {rounds[2] - 3})")
+    skipped = rounds[done] - done - 1
+    print(f"\nkill/restart: node1 ran rounds 1-{done}, went on at {rounds[done]} (skipped {skipped})")
 
 
 @pytest.mark.docker

@@ -1,5 +1,6 @@
 """Multi-node runs in one process (in-memory transport) against plain-torch references."""
 
+import threading
 import time
 
 import pytest
@@ -200,41 +201,69 @@ def test_codec_falls_back_to_lossless_when_a_neighbour_cannot_decode_it(tmp_path
 
 
 def test_a_node_that_fell_behind_catches_up_instead_of_holding_its_neighbours_back(tmp_path):
-    """node2 joins while the others cannot reach it (as during a gRPC reconnect backoff after a
-    restart), so they run several rounds ahead. It must jump to their round; they must not wait out
-    round_timeout_s for it every round."""
+    """node2 joins at round 3 while the others cannot reach it (as during a gRPC reconnect backoff
+    after a restart), so they run ahead past max_rounds_ahead. It must jump to their round; they
+    must not wait out round_timeout_s for it.
+
+    Driven by round events, not by timing: node0 and node1 hold before round 4 until node2 has
+    joined, node2 holds its first round until they have completed round AHEAD, and they hold before
+    round AHEAD + 1 until node2 is reachable."""
+    ahead, rounds, timeout = 8, 12, 60.0
     spec = tiny_spec(
-        nodes=3, topology="complete", gossip={"rounds": 30, "round_timeout_s": 20.0, "join_timeout_s": 1.0}
+        nodes=3,
+        topology="complete",
+        gossip={"rounds": rounds, "round_timeout_s": timeout, "join_timeout_s": 1.0, "max_rounds_ahead": 2},
     )
     prepared = prepared_memory(spec, tmp_path)
     net = MemoryNetwork()
     nodes = make_nodes(prepared, lambda: MemoryTransport(net))
-    lagger = nodes[2]
+    lagger, others = nodes[2], nodes[:2]
     net.set_down(lagger.cfg.listen)
+    at_round_4 = {n.cfg.node_id: threading.Event() for n in others}
+    at_round_ahead = {n.cfg.node_id: threading.Event() for n in others}
+    lagger_joined, lagger_up = threading.Event(), threading.Event()
+
+    def hold_at(node: Node) -> None:
+        run_round = node.run_round
+
+        def held(t: int) -> dict:
+            if t == 4:
+                at_round_4[node.cfg.node_id].set()
+                assert lagger_joined.wait(60)
+            if t == ahead + 1:
+                at_round_ahead[node.cfg.node_id].set()
+                assert lagger_up.wait(60)
+            return run_round(t)
+
+        node.run_round = held  # type: ignore[method-assign]
+
+    for node in others:
+        hold_at(node)
     train = lagger.trainer.train_round
     first = [True]
 
-    def slow_first_round() -> float:
+    def first_round_after_the_others_ran_ahead() -> float:
         if first[0]:
             first[0] = False
-            time.sleep(1.5)  # the others run ahead meanwhile: their sends to node2 fail fast
+            lagger_joined.set()
+            assert all(e.wait(60) for e in at_round_ahead.values())
             net.set_down(lagger.cfg.listen, False)
+            lagger_up.set()
         return train()
 
-    lagger.trainer.train_round = slow_first_round
+    lagger.trainer.train_round = first_round_after_the_others_ran_ahead  # type: ignore[method-assign]
 
     def start(node: Node) -> None:
-        if node is lagger:  # joins a mesh already under way
-            while nodes[0].completed_round < 3:
-                time.sleep(0.05)
+        if node is lagger:  # joins a mesh already under way, at round 3
+            assert all(e.wait(60) for e in at_round_4.values())
         node.run()
 
     run_threads(nodes, target=start)
 
     lag_rounds = [r["round"] for r in read_metrics(tmp_path / "node2" / "metrics.jsonl")]
-    assert lag_rounds[-1] == 30 and max(b - a for a, b in zip(lag_rounds, lag_rounds[1:], strict=False)) > 1
+    assert lag_rounds == [4, *range(ahead + 1, rounds + 1)], "node2 should jump from round 4 to the mesh's"
     for other in ("node0", "node1"):
         recs = read_metrics(tmp_path / other / "metrics.jsonl")
-        assert [r["round"] for r in recs] == list(range(1, 31))
-        assert max(r["transfer_s"] for r in recs) < 10, "a neighbour waited out the round deadline"
+        assert [r["round"] for r in recs] == list(range(1, rounds + 1))
+        assert max(r["transfer_s"] for r in recs) < timeout / 2, "a neighbour waited out the round deadline"
         assert "node2" in recs[-1]["neighbours_heard"]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
-import grpc
+# gRPC's C core prints its own error lines (e.g. "Failed to add port") to stderr beside ours; fedpeer
+# turns those errors into one readable line. GRPC_VERBOSITY=ERROR or DEBUG brings them back.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedpeer.errors import FrameRejected, HandshakeError, PeerUnavailable
@@ -79,6 +84,11 @@ def _map_error(exc: grpc.RpcError, address: str, what: str) -> Exception:
         return HandshakeError(f"{address} refused the handshake: {details}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return FrameRejected(f"{address} refused our {what}: {details}")
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        "DNS resolution failed" in details or "errors resolving" in details
+    ):
+        host = address.rpartition(":")[0]
+        return PeerUnavailable(f"the host name {host!r} does not resolve: check the neighbour's address")
     return PeerUnavailable(f"{what} to {address} failed: {code.name} {details}".strip())
 
 
@@ -98,11 +108,14 @@ class GrpcTransport(Transport):
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         host, _, _ = address.rpartition(":")
-        port = server.add_insecure_port(address)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:  # grpc raises on a port in use (so_reuseport is off) or a foreign host
+            port = 0
         if port == 0:
             raise PeerUnavailable(
-                f"cannot listen on {address}: the port is in use or the host is not local; "
-                "pick another `listen` address"
+                f"cannot listen on {address}: the port is in use, or the host is not an address of this "
+                "machine; pick another `listen` address (or stop the process that holds the port)"
             )
         server.start()
         self._server = server
