@@ -8,22 +8,46 @@ from typing import Annotated
 import typer
 from fedpeer_cli.common import friendly_errors, setup_logging
 
+ADAPTERS = ("both", "global", "local")
+
 
 @friendly_errors
 def export(
-    config: Annotated[Path, typer.Option("--config", "-c", help="The node's config file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the adapter into.")],
+    config: Annotated[Path, typer.Option("--config", "-c", metavar="PATH", help="The node's config file.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", metavar="DIR", help="Directory to write the adapter into (created if missing)."
+        ),
+    ],
+    adapter: Annotated[
+        str,
+        typer.Option(
+            metavar="both|global|local",
+            help="both: global + local summed into one adapter (the site's own model). global: the "
+            "mesh's adapter alone (what every site shares). local: the private adapter alone.",
+        ),
+    ] = "both",
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into a non-empty OUT, overwriting the adapter files.")
+    ] = False,
 ) -> None:
     """Write the node's latest checkpoint as a PEFT adapter: load it with
     `PeftModel.from_pretrained(base_model, OUT)`."""
     setup_logging()
-    from fedpeer import checkpoint
     from fedpeer.config import load_node_config
+    from fedpeer.errors import ConfigError
+
+    if adapter not in ADAPTERS:
+        raise ConfigError(f"--adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
+    cfg = load_node_config(config)
+    _check_out(out, force)
+
+    from fedpeer import checkpoint
     from fedpeer.errors import CheckpointError
     from fedpeer.model.dual_lora import load_dual_lora, resolve_device
     from fedpeer.model.export import export_peft
 
-    cfg = load_node_config(config)
     ck = checkpoint.load(cfg.state_dir)
     if ck is None:
         raise CheckpointError(f"{cfg.state_dir} has no checkpoint yet: run the node for at least one round")
@@ -33,5 +57,20 @@ def export(
             f"the checkpoint in {cfg.state_dir} was made with another model or adapter config"
         )
     dual.load_adapter_state(ck.group("adapter"))
-    path = export_peft(dual, out)
-    typer.echo(f"exported round {ck.meta['round']} of {cfg.node_id} to {path}")
+    path = export_peft(dual, out, adapters=adapter)
+    both = "global + local adapters" if cfg.adapter.use_local else "global adapter: no local one"
+    what = {"both": both, "global": "global adapter", "local": "local adapter"}[adapter]
+    typer.echo(f"exported round {ck.meta['round']} of {cfg.node_id} ({what}) to {path}")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an OUT that is a file, or a directory holding anything unless --force (nothing mixed)."""
+    from fedpeer.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory: give a directory for the adapter")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(
+            f"--out {out} is not empty: give a new or empty directory, or pass --force to overwrite the "
+            "adapter files in it"
+        )

@@ -14,6 +14,9 @@ TEMPLATE = """\
 # refuses neighbours whose model fingerprint differs.
 
 node_id = "{node_id}"          # unique name of this site in the mesh
+# gRPC traffic between nodes is plaintext and unauthenticated today (no TLS yet): anyone who can
+# reach `listen` can read the updates and send frames. 0.0.0.0 listens on every interface, public
+# ones included: bind to a private interface or a VPN address (e.g. "10.8.0.2:50051") until TLS lands.
 listen = "{listen}"      # HOST:PORT this node serves its neighbours on
 advertise = ""               # address neighbours use to reach us, if not `listen` (NAT, containers)
 state_dir = "{state_dir}"        # checkpoint.safetensors and metrics.jsonl are written here
@@ -58,6 +61,7 @@ rpc_timeout_s = 30.0         # deadline of each call to a neighbour
 join_timeout_s = 60.0        # how long to wait for neighbours at start before going ahead
 max_rounds_ahead = 2
 linger_s = 5.0
+allow_solo = false           # true: a node that never hears from any neighbour may still finish (exit 0)
 
 [codec]
 name = "fp16"                # lossless (fp32) or fp16; byte-shuffle + zstd either way
@@ -68,21 +72,37 @@ max_payload_mb = 1024.0      # refuse updates that would decompress to more than
 
 @friendly_errors
 def init(
-    path: Annotated[Path, typer.Argument(help="Config file to write, e.g. node.toml.")],
-    node_id: Annotated[str, typer.Option(help="This site's name in the mesh.")] = "site-a",
-    listen: Annotated[str, typer.Option(help="HOST:PORT to serve on.")] = "0.0.0.0:50051",
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="Config file to write, e.g. node.toml.")],
+    node_id: Annotated[str, typer.Option(metavar="NAME", help="This site's name in the mesh.")] = "site-a",
+    listen: Annotated[
+        str,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Where to serve neighbours. gRPC is plaintext and unauthenticated today: prefer a "
+            "private interface or VPN address to 0.0.0.0.",
+        ),
+    ] = "0.0.0.0:50051",
     neighbour: Annotated[
         list[str] | None,
-        typer.Option("--neighbour", "-n", help="ID=HOST:PORT of a topology neighbour; repeat for each."),
+        typer.Option(
+            "--neighbour",
+            "-n",
+            metavar="ID=HOST:PORT",
+            help="A topology neighbour; repeat for each.",
+        ),
     ] = None,
-    model: Annotated[str, typer.Option(help="Base model id or directory.")] = "path/to/base-model",
-    task: Annotated[str, typer.Option(help="causal-lm or seq-cls.")] = "causal-lm",
-    data: Annotated[str, typer.Option(help="This site's JSONL training data.")] = "data/train.jsonl",
-    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    model: Annotated[
+        str | None, typer.Option(metavar="PATH|ID", help="Base model directory or Hugging Face id org/name.")
+    ] = None,
+    task: Annotated[str, typer.Option(metavar="TASK", help="causal-lm or seq-cls.")] = "causal-lm",
+    data: Annotated[str | None, typer.Option(metavar="PATH", help="This site's JSONL training data.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented node config to PATH; edit it, then `fedpeer node run --config PATH`."""
     from fedpeer.errors import ConfigError
 
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory: give a file name, e.g. {path / 'node.toml'}")
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; pass --force to overwrite it")
     tables = []
@@ -101,12 +121,29 @@ def init(
             listen=listen,
             state_dir=f"state/{node_id}",
             neighbours="\n".join(tables),
-            model=model,
+            model=model or "path/to/base-model",
             task=task,
-            data=data,
+            data=data or "data/train.jsonl",
             labels="",
         )
     )
-    typer.echo(
-        f"wrote {path}; edit [model], [train].data and the neighbours, then: fedpeer node run --config {path}"
-    )
+    todo = _still_to_edit(model, data, task, bool(neighbour))
+    edit = f"edit {todo}, then" if todo else "check it, then run"
+    typer.echo(f"wrote {path}; {edit}: fedpeer node run --config {path}")
+    if listen.rpartition(":")[0] in ("0.0.0.0", "[::]", ""):
+        typer.echo(
+            f"note: listen {listen} serves every interface, and gRPC is plaintext and unauthenticated "
+            "today: prefer a private interface or VPN address",
+            err=True,
+        )
+
+
+def _still_to_edit(model: str | None, data: str | None, task: str, neighbours: bool) -> str:
+    """What the flags left as a placeholder, in words ("" when nothing)."""
+    todo = [
+        *(["[model] path"] if model is None else []),
+        *(["[model] labels"] if task == "seq-cls" else []),
+        *(["[train] data"] if data is None else []),
+        *(["the neighbours"] if not neighbours else []),
+    ]
+    return ", ".join(todo[:-1]) + (" and " if len(todo) > 1 else "") + (todo[-1] if todo else "")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from fedpeer_cli import export_cmd, init_cmd, node_cmd, report_cmd, scenario_cmd, status_cmd
+from fedpeer_cli.common import Command
 
 app = typer.Typer(
     name="fedpeer",
@@ -13,11 +16,34 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help text as written: brackets such as [[faults]] stay literal
 )
-app.command("init")(init_cmd.init)
-app.command("status")(status_cmd.status)
-app.command("export")(export_cmd.export)
-app.command("report")(report_cmd.report)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"fedpeer {version('fedpeer')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print fedpeer's version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+app.command("init", cls=Command)(init_cmd.init)
+app.command("status", cls=Command)(status_cmd.status)
+app.command("export", cls=Command)(export_cmd.export)
+app.command("report", cls=Command)(report_cmd.report)
 app.add_typer(node_cmd.app, name="node")
 app.add_typer(scenario_cmd.app, name="scenario")
 

@@ -19,11 +19,14 @@ def report(
             show_default=False,
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where report.md and the PNG plots go.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="Where report.md and the PNG plots go.")
+    ],
     metric: Annotated[
         str,
         typer.Option(
-            help="Record field to report; auto: macro_f1, else rouge_l, else accuracy, else eval_loss."
+            metavar="NAME",
+            help="Record field to report; auto: macro_f1, else rouge_l, else accuracy, else eval_loss.",
         ),
     ] = "auto",
 ) -> None:

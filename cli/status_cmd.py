@@ -11,8 +11,8 @@ from fedpeer_cli.common import friendly_errors
 
 @friendly_errors
 def status(
-    address: Annotated[str, typer.Argument(help="HOST:PORT of a running node.")],
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 5.0,
+    address: Annotated[str, typer.Argument(metavar="HOST:PORT", help="Address of a running node.")],
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the answer.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
 ) -> None:
     """Show a node's health (gRPC health service), phase, round and neighbours."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import warnings
 import zlib
@@ -36,8 +37,10 @@ from transformers.pytorch_utils import Conv1D
 
 import fedpeer
 from fedpeer.codec.base import TensorSpec
-from fedpeer.config import AdapterConfig, ModelConfig
+from fedpeer.config import AdapterConfig, ModelConfig, hub_id_shaped, in_hub_cache, missing_model_dir
 from fedpeer.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 GLOBAL, LOCAL = "global", "local"
 _PEFT_PREFIX = "base_model.model."
@@ -234,8 +237,7 @@ def _load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     else:
         cls = AutoModelForCausalLM
     hint = "Give a local model directory or a model id available offline (HF_HUB_OFFLINE=1 uses the cache)."
-    if cfg.path.startswith(("/", ".", "~")) and not Path(cfg.path).expanduser().exists():
-        raise ModelError(f"model.path {cfg.path!r}: no such directory. {hint}")
+    _check_model_path(cfg.path)
     try:
         base, info = cls.from_pretrained(cfg.path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(cfg.path)
@@ -246,9 +248,49 @@ def _load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     if not cfg.dropout:
         _disable_dropout(base)
     # mismatched_keys holds (name, checkpoint shape, model shape) tuples.
+    mismatched_head = [m for m in info["mismatched_keys"] if m[0].split(".")[0] in HEAD_NAMES]
+    if mismatched_head:
+        _warn_head_resized(cfg, mismatched_head)
     reinit = [*info["missing_keys"], *(m[0] for m in info["mismatched_keys"])]
     fresh_head = any(k.split(".")[0] in HEAD_NAMES for k in reinit)
     return base, tokenizer, fresh_head
+
+
+def _check_model_path(path: str) -> None:
+    """Refuse at once a model path that exists nowhere, before transformers tries it on the hub
+    (a minute of retries when offline, then "couldn't connect"). A hub id `org/name` not in the
+    local cache is fetched only when the hub may be used (HF_HUB_OFFLINE unset)."""
+    missing = missing_model_dir(path, Path.cwd())
+    if missing is not None:
+        raise ModelError(
+            f"model.path {path!r}: no such directory: {missing} (a Hugging Face model id is org/name)"
+        )
+    if Path(path).expanduser().exists() or not hub_id_shaped(path) or in_hub_cache(path):
+        return
+    from huggingface_hub import constants
+
+    offline_fn = getattr(constants, "is_offline_mode", None)
+    offline = offline_fn() if offline_fn is not None else bool(constants.HF_HUB_OFFLINE)
+    local = (Path.cwd() / path).resolve()
+    if offline:
+        raise ModelError(
+            f"model.path {path!r}: no such directory ({local}), and no model {path!r} in the Hugging Face "
+            "cache (HF_HUB_OFFLINE is set, so it is not downloaded): give the model's directory"
+        )
+    log.info("model.path %r is not a directory (%s): fetching it from the Hugging Face hub", path, local)
+
+
+def _warn_head_resized(cfg: ModelConfig, mismatched: list[Any]) -> None:
+    """Say in fedpeer's words that model.labels does not fit the checkpoint's classification head."""
+    checkpoint_shape = tuple(mismatched[0][1])
+    outputs = checkpoint_shape[0] if checkpoint_shape else "?"
+    log.warning(
+        "model.labels has %d names but the checkpoint's head has %s outputs: the head is re-initialised "
+        "for %d labels (what it learned is not used)",
+        len(cfg.labels),
+        outputs,
+        len(cfg.labels),
+    )
 
 
 def _ensure_pad_token(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

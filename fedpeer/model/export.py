@@ -3,6 +3,7 @@
 Both adapters share rank r and scaling alpha/r, so their sum is one LoRA of rank 2r:
 B_g·A_g + B_l·A_l = [B_g B_l]·[A_g; A_l]. With alpha' = alpha/r · 2r peft's scaling alpha'/r' is
 unchanged, and `PeftModel.from_pretrained(base, out_dir)` reproduces the site's outputs.
+`adapters="global"` exports the mesh's adapter alone (rank r), `"local"` the site's private one.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import save_file
 
+from fedpeer.errors import ModelError
 from fedpeer.model.dual_lora import GLOBAL, LOCAL, DualLora
 
 _ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CHOICES = ("both", "global", "local")
 _PREFIX = "base_model.model."
 
 _README = """# fedpeer adapter export
@@ -40,32 +43,60 @@ _WHAT_DUAL = (
     "(this site only), stacked on the rank axis so that B·A = B_g·A_g + B_l·A_l."
 )
 _WHAT_GLOBAL = "It holds the site's global adapter (learned with the mesh)."
+_WHAT_LOCAL = "It holds the site's local adapter alone (this site only, without the mesh's)."
 
 
-def export_peft(dual: DualLora, out_dir: str | Path) -> Path:
-    """Write `adapter_config.json`, `adapter_model.safetensors` and README.md into `out_dir`."""
+def export_peft(dual: DualLora, out_dir: str | Path, adapters: str = "both") -> Path:
+    """Write `adapter_config.json`, `adapter_model.safetensors` and README.md into `out_dir`.
+
+    adapters: "both" (global + local summed, or global alone when the site has no local adapter),
+    "global" (the mesh's adapter alone) or "local" (the private one alone). The seq-cls head goes
+    with both and local; with global only when it is shared with the mesh (adapter.head = "global").
+    """
+    names, head = _pick(dual, adapters)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot create export directory {out}: {exc.strerror or exc}") from None
     state = dual.adapter_state()
-    adapters = [GLOBAL, LOCAL] if LOCAL in dual.model.peft_config else [GLOBAL]
     config = cast(LoraConfig, copy.deepcopy(dual.model.peft_config[GLOBAL]))
-    n = len(adapters)
+    n = len(names)
     config.r, config.lora_alpha = config.r * n, config.lora_alpha * n  # same alpha/r scaling
-    config.modules_to_save = [dual.head] if dual.head else None
+    config.modules_to_save = [head] if head else None
     config.inference_mode = True
     config.base_model_name_or_path = dual.base_model.config.name_or_path
     config.save_pretrained(str(out))
-    save_file(
-        _combined_tensors(state, adapters, dual.head), str(out / _ADAPTER_FILE), metadata={"format": "pt"}
-    )
-    (out / "README.md").write_text(_readme(dual, config.r, out, dual_adapters=n == 2))
+    save_file(_combined_tensors(state, names, head), str(out / _ADAPTER_FILE), metadata={"format": "pt"})
+    what = _WHAT_DUAL if n == 2 else _WHAT_LOCAL if names == [LOCAL] else _WHAT_GLOBAL
+    (out / "README.md").write_text(_readme(dual, config.r, out, what, head))
     return out
+
+
+def _pick(dual: DualLora, adapters: str) -> tuple[list[str], str | None]:
+    """The adapters to stack, and the head module to include (None: none)."""
+    has_local = LOCAL in dual.model.peft_config
+    head_is_global = dual.head is not None and any(k.startswith(f"{dual.head}.") for k in dual.global_keys())
+    if adapters == "both":
+        return ([GLOBAL, LOCAL] if has_local else [GLOBAL]), dual.head
+    if adapters == "global":
+        if dual.head is not None and not head_is_global:
+            raise ModelError(
+                'the classification head is private to the site (adapter.head = "local"), so the global '
+                "adapter alone has no head to go with: export both adapters, or the local one"
+            )
+        return [GLOBAL], dual.head
+    if adapters == "local":
+        if not has_local:
+            raise ModelError("this site has no local adapter (adapter.use_local = false): export global")
+        return [LOCAL], dual.head
+    raise ModelError(f"adapters must be one of {', '.join(ADAPTER_CHOICES)}, got {adapters!r}")
 
 
 def _combined_tensors(
     state: dict[str, torch.Tensor], adapters: list[str], head: str | None
 ) -> dict[str, torch.Tensor]:
-    suffix = f".lora_A.{GLOBAL}.weight"
+    suffix = f".lora_A.{adapters[0]}.weight"
     modules = sorted(k[: -len(suffix)] for k in state if k.endswith(suffix))
     out = {}
     for m in modules:
@@ -77,13 +108,12 @@ def _combined_tensors(
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def _readme(dual: DualLora, rank: int, out: Path, dual_adapters: bool) -> str:
+def _readme(dual: DualLora, rank: int, out: Path, what: str, head: str | None) -> str:
     base = dual.base_model
-    labels = list((base.config.id2label or {}).values()) if dual.head else []
+    labels = list((base.config.id2label or {}).values()) if head else []
     return _README.format(
         rank=rank,
-        what=(_WHAT_DUAL if dual_adapters else _WHAT_GLOBAL)
-        + (f" The classification head `{dual.head}` is included (modules_to_save)." if dual.head else ""),
+        what=what + (f" The classification head `{head}` is included (modules_to_save)." if head else ""),
         base=base.config.name_or_path,
         auto_class="AutoModelForSequenceClassification" if dual.task == "seq-cls" else "AutoModelForCausalLM",
         label_args=f", num_labels={len(labels)}" if labels else "",
