@@ -7,109 +7,178 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from fedpeer_cli.common import friendly_errors, parse_overrides, setup_logging
+from fedpeer_cli.common import Command, friendly_errors, parse_overrides, setup_logging
 
-app = typer.Typer(help="Run a whole mesh from a scenario file (see scenarios/).", no_args_is_help=True)
+# rich_markup_mode=None: help as written, so [[faults]] and <node> print literally.
+app = typer.Typer(
+    help="Run a whole mesh from a scenario file (see scenarios/).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 RUNNERS = ("process", "inprocess", "netns", "docker")
 
 
-@app.command("run")
+@app.command("run", cls=Command)
 @friendly_errors
 def run(
-    scenario: Annotated[Path, typer.Argument(help="Scenario TOML, e.g. scenarios/ring4.toml.")],
+    scenario: Annotated[
+        Path, typer.Argument(metavar="SCENARIO", help="Scenario TOML, e.g. scenarios/ring4.toml.")
+    ],
     out: Annotated[
         Path,
         typer.Option(
-            "--out", "-o", help="Output directory: <node>/metrics.jsonl, logs, checkpoints, summary.json."
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Output directory: <node>/metrics.jsonl, logs, checkpoints, summary.json.",
         ),
     ],
     runner: Annotated[
         str,
         typer.Option(
+            metavar="RUNNER",
             help="process: one OS process per node over real gRPC on 127.0.0.1. inprocess: threads + "
             "in-memory transport. netns: a process per network namespace, bandwidth shaped with tc "
-            "(root). docker: a container per node on a bridge network (needs the node image)."
+            "(root). docker: a container per node on a bridge network (needs the node image).",
         ),
     ] = "process",
     set_: Annotated[
         list[str] | None,
         typer.Option(
-            "--set", help="Override a setting, e.g. --set gossip.rounds=3 --set nodes=8 (repeatable)."
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override a setting, e.g. --set gossip.rounds=3 --set nodes=8 (repeatable).",
         ),
     ] = None,
     image: Annotated[
-        str, typer.Option(help="Node image for --runner docker (scripts/docker/build_node_image.sh).")
+        str,
+        typer.Option(
+            metavar="IMAGE", help="Node image for --runner docker (scripts/docker/build_node_image.sh)."
+        ),
     ] = "fedpeer-node:latest",
     docker_arg: Annotated[
         list[str] | None,
-        typer.Option(help="Extra `docker run` argument for every node, e.g. --docker-arg=--gpus=all."),
+        typer.Option(
+            metavar="ARG",
+            help="Extra `docker run` argument for every node, e.g. --docker-arg=--gpus=all.",
+        ),
     ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Start over: delete what an earlier run wrote under OUT (node checkpoints, metrics, "
+            "logs, configs, summary.json; nothing else). Without it an unfinished run resumes from "
+            "its checkpoints and a finished one is only summarized.",
+        ),
+    ] = False,
 ) -> None:
     """Start every node of SCENARIO, show progress per round, and end with a summary table.
 
     Faults in the scenario ([[faults]]: kill/restart, cut, partition, slow) apply with every runner.
     """
     from fedpeer.errors import ConfigError
+    from fedpeer.scenario import runner as runners
     from fedpeer.scenario.spec import load_scenario, with_overrides
 
     if runner not in RUNNERS:
         raise ConfigError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     spec = with_overrides(load_scenario(scenario), parse_overrides(set_ or []))
-    typer.echo(f"preparing {spec.name}: {spec.nodes} nodes, {spec.topology}, model and data under {out}")
-    prepared, rows = _run(spec, out, runner, image, docker_arg or [])
-    (prepared.out_dir / "summary.json").write_text(json.dumps(rows, indent=2))
-    print_summary(rows, spec.gossip.rounds)
-    incomplete = [r["node"] for r in rows if r["last_round"] < spec.gossip.rounds]
-    if incomplete:
-        typer.secho(
-            f"nodes that did not finish all rounds: {', '.join(incomplete)} (see their node.log)",
-            fg=typer.colors.YELLOW,
-            err=True,
+    if fresh:
+        removed = runners.clear_run(spec, out)
+        typer.echo(
+            f"--fresh: removed {len(removed)} files of an earlier run under {out}"
+            if removed
+            else f"--fresh: no earlier run under {out}"
         )
+    prev = runners.previous_run(spec, out)
+    line = runners.previous_run_line(out, prev)
+    if line:
+        typer.echo(line)
+    if prev.complete:
+        rows = runners.summarize_out(spec, out)
+    else:
+        typer.echo(f"preparing {spec.name}: {spec.nodes} nodes, {spec.topology}, model and data under {out}")
+        rows = _run(spec, out, runner, image, docker_arg or [])
+    (out / runners.SUMMARY_FILE).write_text(json.dumps(rows, indent=2))
+    print_summary(rows, spec.gossip.rounds)
+    if not summary_ok(rows, spec.gossip.rounds):
         raise typer.Exit(1)
 
 
-def _run(
-    spec: Any, out: Path, runner: str, image: str, docker_args: list[str]
-) -> tuple[Any, list[dict[str, Any]]]:
+def summary_ok(rows: list[dict[str, Any]], rounds: int) -> bool:
+    """Warn about nodes that did not finish, or that never heard from a neighbour; False if any."""
+    incomplete = [r["node"] for r in rows if r["last_round"] < rounds]
+    alone = [r["node"] for r in rows if r.get("trained_alone")]
+    if incomplete:
+        _warn(f"nodes that did not finish all rounds: {', '.join(incomplete)} (see their node.log)")
+    if alone:
+        _warn(
+            f"nodes that trained alone, never hearing from a neighbour: {', '.join(alone)} "
+            "(see their node.log: addresses, firewalls, join_timeout_s)"
+        )
+    return not (incomplete or alone)
+
+
+def _warn(text: str) -> None:
+    typer.secho(text, fg=typer.colors.YELLOW, err=True)
+
+
+def _run(spec: Any, out: Path, runner: str, image: str, docker_args: list[str]) -> list[dict[str, Any]]:
     from fedpeer.scenario import runner as runners
 
     if runner == "inprocess":
         setup_logging()
-        prepared = runners.prepare_for_memory(spec, out)
-        return prepared, runners.run_inprocess(prepared)
+        runners.quiet_progress_bars()
+        return runners.run_inprocess(runners.prepare_for_memory(spec, out, echo=typer.echo))
     if runner == "netns":
         from fedpeer.scenario.netns import NetnsRunner, prepare_for_netns
 
-        prepared = prepare_for_netns(spec, out)
-        return prepared, NetnsRunner(prepared, echo=typer.echo).run()
+        return NetnsRunner(prepare_for_netns(spec, out), echo=typer.echo).run()
     if runner == "docker":
         from fedpeer.scenario.docker import DockerRunner, prepare_for_docker
 
         prepared = prepare_for_docker(spec, out, image)
-        return prepared, DockerRunner(prepared, image, docker_args, echo=typer.echo).run()
-    prepared = runners.prepare_for_processes(spec, out)
-    return prepared, runners.ProcessRunner(prepared, echo=typer.echo).run()
+        return DockerRunner(prepared, image, docker_args, echo=typer.echo).run()
+    prepared = runners.prepare_for_processes(spec, out, echo=typer.echo)
+    return runners.ProcessRunner(prepared, echo=typer.echo).run()
 
 
-@app.command("render")
+@app.command("render", cls=Command)
 @friendly_errors
 def render(
-    scenario: Annotated[Path, typer.Argument(help="Scenario TOML, e.g. scenarios/ring4.toml.")],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output directory: model, data, <node>/node.toml, the file.")
+    scenario: Annotated[
+        Path, typer.Argument(metavar="SCENARIO", help="Scenario TOML, e.g. scenarios/ring4.toml.")
     ],
-    format_: Annotated[str, typer.Option("--format", help="What to write: compose.")] = "compose",
-    image: Annotated[str, typer.Option(help="Node image the services run.")] = "fedpeer-node:latest",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Where the model, data and <node>/node.toml go, and DIR/docker-compose.yml. Without "
+            "it the compose file is printed on stdout and the rest goes to runs/<scenario name>-compose.",
+            show_default=False,
+        ),
+    ] = None,
+    format_: Annotated[str, typer.Option("--format", metavar="FORMAT", help="What to write: compose.")] = (
+        "compose"
+    ),
+    image: Annotated[
+        str, typer.Option(metavar="IMAGE", help="Node image the services run.")
+    ] = "fedpeer-node:latest",
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a setting, as for `scenario run`.")
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Override a setting, as for `scenario run`."),
     ] = None,
 ) -> None:
-    """Prepare SCENARIO (model, data, node configs) and write OUT/docker-compose.yml for its nodes.
+    """Prepare SCENARIO (model, data, node configs) and write a docker-compose.yml for its nodes.
 
-    Then `docker compose -f OUT/docker-compose.yml up`. Kill/restart faults are the runner's job and
-    are not in the file; link faults (cut, partition, slow) are in the node configs and do apply.
+    `fedpeer scenario render SCENARIO > docker-compose.yml && docker compose up`, or with --out DIR:
+    `docker compose -f DIR/docker-compose.yml up`. The file holds absolute paths, so it works from
+    any directory. Kill/restart faults are the runner's job and are not in the file; link faults
+    (cut, partition, slow) are in the node configs and do apply. Messages go to stderr.
     """
     from fedpeer.errors import ConfigError
     from fedpeer.scenario.docker import prepare_containers, write_compose
@@ -118,33 +187,89 @@ def render(
     if format_ != "compose":
         raise ConfigError(f"--format must be compose, got {format_!r}")
     spec = with_overrides(load_scenario(scenario), parse_overrides(set_ or []))
-    typer.echo(f"preparing {spec.name}: {spec.nodes} nodes, {spec.topology}, model and data under {out}")
+    to_stdout = out is None
+    out = out if out is not None else Path("runs") / f"{spec.name}-compose"
+    where = f"{out} (no --out given: the compose file goes to stdout)" if to_stdout else out
+    typer.echo(
+        f"preparing {spec.name}: {spec.nodes} nodes, {spec.topology}, model and data under {where}", err=True
+    )
     path = write_compose(prepare_containers(spec, out), image)
-    typer.echo(f"wrote {path}: docker compose -f {path} up")
+    if to_stdout:
+        typer.echo(path.read_text(), nl=False)
+        typer.echo(f"wrote the compose file to stdout (a copy is {path}): docker compose up", err=True)
+    else:
+        typer.echo(f"wrote {path}: docker compose -f {path} up", err=True)
     if any(f.kind == "kill" for f in spec.faults):
-        typer.echo("note: kill/restart faults are not rendered (use `scenario run --runner docker`)")
+        typer.echo(
+            "note: kill/restart faults are not rendered (use `scenario run --runner docker`)", err=True
+        )
 
 
 def print_summary(rows: list[dict[str, Any]], rounds: int) -> None:
+    """The summary table; piped or redirected, at its full width (not cut to an assumed 80 columns)."""
     from rich.console import Console
+
+    table = summary_table(rows, rounds)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=Console(width=10_000).measure(table).maximum)
+    console.print(table)
+
+
+# (row key, column header); evaluation metrics only when the task produced them
+SUMMARY_COLUMNS = (
+    ("node", "node"),
+    ("last_round", "round"),
+    ("train_loss", "train loss"),
+    ("eval_loss", "eval loss"),
+    ("perplexity", "perplexity"),
+    ("rouge_l", "rouge-L"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro F1"),
+    ("consensus_relative", "consensus (% of |x|)"),
+    ("bytes_sent_per_round", "sent (kB/round)"),
+    ("round_s", "round (s)"),
+    ("neighbours_heard", "neighbours heard"),
+)
+OPTIONAL_COLUMNS = frozenset({"perplexity", "rouge_l", "accuracy", "macro_f1"})
+
+
+def summary_table(rows: list[dict[str, Any]], rounds: int) -> Any:
     from rich.table import Table
 
+    from fedpeer.scenario.runner import MISSING, fmt_kb, fmt_percent
+
+    cols = [
+        (k, h)
+        for k, h in SUMMARY_COLUMNS
+        if k not in OPTIONAL_COLUMNS or any(r.get(k) is not None for r in rows)
+    ]
     table = Table(title=f"summary after {rounds} rounds")
-    metrics = ["perplexity", "rouge_l", "accuracy", "macro_f1"]
-    cols = ["node", "last_round", "train_loss", "eval_loss"]
-    # Only the evaluation metrics this task produced (perplexity for causal-lm, F1 for seq-cls).
-    cols += [m for m in metrics if any(r.get(m) is not None for r in rows)]
-    cols += ["consensus_distance", "bytes_sent_per_round", "round_s"]
-    for c in cols:
-        table.add_column(c.replace("_", " "), justify="left" if c == "node" else "right")
+    for key, head in cols:
+        table.add_column(head, justify="left" if key in ("node", "neighbours_heard") else "right")
     for r in rows:
-        table.add_row(*[_cell(r.get(c)) for c in cols])
-    Console().print(table)
+        cells = {
+            "consensus_relative": fmt_percent(r.get("consensus_relative")),
+            "bytes_sent_per_round": fmt_kb(r.get("bytes_sent_per_round")),
+            "neighbours_heard": _heard(r),
+        }
+        table.add_row(
+            *[cells.get(k, _cell(r.get(k), MISSING)) for k, _ in cols],
+            style="yellow" if r.get("trained_alone") else None,
+        )
+    return table
 
 
-def _cell(v: Any) -> str:
+def _heard(row: dict[str, Any]) -> str:
+    """How many of its neighbours a node heard from during the run, e.g. 2/2; flags a lone node."""
+    heard = len(row.get("neighbours_heard") or [])
+    text = f"{heard}/{row['degree']}" if row.get("degree") is not None else str(heard)
+    return f"{text} trained alone" if row.get("trained_alone") else text
+
+
+def _cell(v: Any, missing: str) -> str:
     if v is None:
-        return "-"
+        return missing
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as hf_logging
 
 ARCHS = ("llama", "bert")
 TASKS = ("causal-lm", "seq-cls")
@@ -76,11 +78,25 @@ def build_tiny_model(
     config = _model_config(arch, tokenizer, info)
     torch.manual_seed(seed)
     model = _model_class(arch, task)(config)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    with _no_progress_bars():
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
     # Written last: its presence marks a complete build.
     (out / _INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True))
     return out
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Without transformers' tqdm bars ("Writing model shards"): noise in a scenario's output. The
+    caller's setting is restored after."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _is_built(out: Path, info: dict[str, Any]) -> bool:
@@ -94,7 +110,9 @@ def _build_tokenizer(lines: list[str], arch: str, max_length: int) -> PreTrained
     tok = Tokenizer(models.WordLevel(unk_token=SPECIALS["unk"]))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()  # splits punctuation off words as well
-    trainer = trainers.WordLevelTrainer(min_frequency=1, special_tokens=list(SPECIALS.values()))
+    trainer = trainers.WordLevelTrainer(
+        min_frequency=1, special_tokens=list(SPECIALS.values()), show_progress=False
+    )
     tok.train_from_iterator(lines, trainer=trainer)
     first, last = ("[CLS]", "[SEP]") if arch == "bert" else ("[BOS]", "[EOS]")
     tok.post_processor = processors.TemplateProcessing(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fedpeer.config import NodeConfig
 from fedpeer.errors import FedpeerError
-from fedpeer.scenario.runner import Echo, MeshRunner, ProcessLauncher, write_node_config
+from fedpeer.scenario.runner import QUIET_ENV, Echo, MeshRunner, ProcessLauncher, write_node_config
 from fedpeer.scenario.spec import PreparedScenario, ScenarioSpec, node_names, prepare
 
 DEFAULT_IMAGE = "fedpeer-node:latest"
@@ -176,10 +176,11 @@ class DockerLauncher(ProcessLauncher):
         """`docker run` attached to the container (its output is the node's log)."""
         threads = max(1, (os.cpu_count() or 1) // self.n_nodes)
         volumes = [arg for path, mode in self.mounts for arg in ("-v", f"{path}:{path}:{mode}")]
+        quiet = [arg for key, value in QUIET_ENV.items() for arg in ("-e", f"{key}={value}")]
         return [
             "docker", "run", "--name", self.container(cfg.node_id), "--network", self.network,
             "--network-alias", cfg.node_id, "--hostname", cfg.node_id,
-            *volumes, *container_user(), "-e", f"OMP_NUM_THREADS={threads}",
+            *volumes, *container_user(), *quiet, "-e", f"OMP_NUM_THREADS={threads}",
             "-e", f"FEDPEER_HEALTH_ADDR=localhost:{PORT}",
             *self.extra_args, self.image, "node", "run", "--config", str(config_path),
         ]  # fmt: skip

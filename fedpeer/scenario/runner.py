@@ -5,6 +5,7 @@ as a thread with the in-memory transport (tests, large simulations). Same nodes,
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -14,15 +15,27 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedpeer.checkpoint import FILENAME as CHECKPOINT_FILE
 from fedpeer.config import NodeConfig, dump_toml, to_dict
 from fedpeer.metrics import FILENAME as METRICS_FILE
 from fedpeer.metrics import read_metrics
-from fedpeer.scenario.spec import PreparedScenario, ScenarioSpec, node_names, prepare
+from fedpeer.scenario.spec import PreparedScenario, ScenarioSpec, node_names, node_neighbours, prepare
 
 Echo = Callable[[str], None]
+
+SUMMARY_FILE = "summary.json"
+NODE_CONFIG_FILE = "node.toml"
+NODE_LOG_FILE = "node.log"
+# Everything a run writes into a node's state_dir (the runner: config, log; the node: the rest).
+NODE_FILES = (NODE_CONFIG_FILE, NODE_LOG_FILE, METRICS_FILE, CHECKPOINT_FILE)
+# Library progress bars (tqdm from transformers / huggingface_hub) only clutter node logs.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+HEARTBEAT_S = 5.0  # say what the runner waits for when no round completed for this long
+MISSING = "–"  # a value not measured (e.g. no neighbour mixed: no consensus distance)
 
 
 def free_loopback_addresses(names: list[str]) -> dict[str, str]:
@@ -65,14 +78,17 @@ class Launcher(Protocol):
 def write_node_config(cfg: NodeConfig) -> Path:
     node_dir = Path(cfg.state_dir)
     node_dir.mkdir(parents=True, exist_ok=True)
-    path = node_dir / "node.toml"
+    path = node_dir / NODE_CONFIG_FILE
     path.write_text(f"# written by `fedpeer scenario run` for {cfg.node_id}\n" + dump_toml(to_dict(cfg)))
     return path
 
 
 def node_env(index: int, n_nodes: int, cfg: NodeConfig) -> dict[str, str]:
-    """Environment of a node process: offline hub, GPU assignment, one BLAS thread pool per core share."""
+    """Environment of a node process: offline hub, no progress bars, GPU assignment, one BLAS thread
+    pool per core share."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    for key, value in QUIET_ENV.items():
+        env.setdefault(key, value)  # a user who wants the bars back sets them
     gpus = _gpu_count()
     if gpus > 1 and cfg.train.device in ("auto", "cuda"):
         env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)  # spread nodes over the GPUs
@@ -103,7 +119,7 @@ class ProcessLauncher:
     def start(self, cfg: NodeConfig) -> None:
         config_path = write_node_config(cfg)
         self._index.setdefault(cfg.node_id, len(self._index))
-        self.logs[cfg.node_id] = Path(cfg.state_dir) / "node.log"
+        self.logs[cfg.node_id] = Path(cfg.state_dir) / NODE_LOG_FILE
         cmd = self.command(cfg, config_path)
         with open(self.logs[cfg.node_id], "ab") as log:
             self.procs[cfg.node_id] = subprocess.Popen(
@@ -147,48 +163,92 @@ class ProcessLauncher:
 class MeshRunner:
     """Starts every node through a launcher, shows progress, applies the fault schedule, tears down."""
 
-    def __init__(self, prepared: PreparedScenario, launcher: Launcher, echo: Echo = print) -> None:
+    def __init__(
+        self,
+        prepared: PreparedScenario,
+        launcher: Launcher,
+        echo: Echo = print,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.prepared = prepared
         self.launcher = launcher
         self.echo = echo
+        self.clock = clock
         self.configs = {cfg.node_id: cfg for cfg in prepared.nodes}
         self.starts: dict[str, int] = dict.fromkeys(self.configs, 0)
         self.killed: set[str] = set()
         self.faults_done: set[int] = set()
+        self.t0 = self.last_said = clock()
+        self.first_round = self.shown = 0  # rounds an earlier (resumed) run already reported
 
     def start(self, node_id: str) -> None:
         self.launcher.start(self.configs[node_id])
         self.starts[node_id] += 1
 
+    def say(self, line: str) -> None:
+        self.echo(line)
+        self.last_said = self.clock()
+
     def run(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
-        spec = self.prepared.spec
-        total = spec.gossip.rounds
-        limit = timeout_s or (spec.gossip.join_timeout_s + total * (spec.gossip.round_timeout_s + 60) + 120)
-        self.echo(
-            f"starting {len(self.configs)} nodes ({spec.topology}, {total} rounds) under "
-            f"{self.prepared.out_dir}; logs in <node>/node.log"
-        )
-        t0 = time.monotonic()
-        shown = 0
+        g = self.prepared.spec.gossip
+        limit = timeout_s or (g.join_timeout_s + g.rounds * (g.round_timeout_s + 60) + 120)
+        self.t0 = self.last_said = self.clock()
+        self.first_round = self.shown = min(self.rounds_done().values(), default=0)
         try:
-            for node_id in self.configs:
-                self.start(node_id)
+            self.start_all()
             while True:
                 rounds = self.rounds_done()
                 alive = [n for n in self.configs if self.launcher.running(n)]
-                low = min(rounds[n] for n in alive) if alive else max(rounds.values())
-                if low > shown:
-                    shown = low
-                    self.echo(progress_line(self.prepared, shown, total, time.monotonic() - t0))
+                self.report(rounds, alive)
                 self.apply_faults(rounds, alive)
                 if not alive and not self.pending_restarts(alive):
                     break
-                if time.monotonic() - t0 > limit:
-                    self.echo(f"scenario exceeded {limit:.0f} s; stopping the nodes")
+                if self.clock() - self.t0 > limit:
+                    self.say(f"scenario exceeded {limit:.0f} s; stopping the nodes")
                     break
                 time.sleep(0.5)
         finally:
             self.launcher.teardown()
+        self.report_exits()
+        return summarize(self.prepared)
+
+    def start_all(self) -> None:
+        spec = self.prepared.spec
+        self.say(
+            f"starting {len(self.configs)} nodes ({spec.topology}, {spec.gossip.rounds} rounds) under "
+            f"{self.prepared.out_dir}; logs in <node>/{NODE_LOG_FILE}"
+        )
+        for node_id, cfg in self.configs.items():
+            peers = ", ".join(p.id for p in cfg.neighbours) or "none"
+            self.say(f"  starting {node_id} on {cfg.advertise or cfg.listen} (neighbours: {peers})")
+            self.start(node_id)
+        self.say("waiting for the nodes to load the model and join the mesh (each waits for its neighbours)")
+
+    def report(self, rounds: dict[str, int], alive: list[str]) -> None:
+        """A progress line when every running node completed a new round; otherwise, after
+        HEARTBEAT_S of silence, a line on what the runner is waiting for."""
+        low = min(rounds[n] for n in alive) if alive else max(rounds.values())
+        now = self.clock()
+        if low > self.shown:
+            for rnd in range(self.shown + 1, low + 1):  # every round, even when polls skip some
+                self.say(progress_line(self.prepared, rnd, self.prepared.spec.gossip.rounds, now - self.t0))
+            self.shown = low
+        elif alive and now - self.last_said >= HEARTBEAT_S:
+            self.say(self.waiting_line(rounds, alive, now - self.t0))
+
+    def waiting_line(self, rounds: dict[str, int], alive: list[str], elapsed: float) -> str:
+        n, total = len(self.configs), self.prepared.spec.gossip.rounds
+        if max(rounds.values()) <= self.first_round:
+            return f"[{elapsed:6.1f}s] waiting for the nodes to join: {len(alive)}/{n} running, no round yet"
+        if self.shown >= total:
+            return f"[{elapsed:6.1f}s] all {total} rounds done; waiting for {len(alive)}/{n} nodes to exit"
+        done = sum(rounds[k] > self.shown for k in self.configs)
+        return (
+            f"[{elapsed:6.1f}s] waiting for round {self.shown + 1}/{total}: {done}/{n} nodes done with it, "
+            f"{len(alive)} running"
+        )
+
+    def report_exits(self) -> None:
         for node_id in self.configs:
             code = self.launcher.exit_code(node_id)
             if code not in (0, None) and node_id not in self.killed:
@@ -196,7 +256,6 @@ class MeshRunner:
                     f"{node_id} exited with code {code}; last lines of its log:\n"
                     + _tail(self.launcher.log_path(node_id))
                 )
-        return summarize(self.prepared)
 
     def rounds_done(self) -> dict[str, int]:
         return {
@@ -222,13 +281,13 @@ class MeshRunner:
                     self.launcher.kill(f.node)
                     self.killed.add(f.node)
                     self.faults_done.add(i)
-                    self.echo(f"fault: killed {f.node} (SIGKILL) after its round {rounds[f.node]}")
+                    self.say(f"fault: killed {f.node} (SIGKILL) after its round {rounds[f.node]}")
                 continue
             others = [rounds[n] for n in alive if n != f.node]
             due = f.restart_at_round and others and min(others) >= f.restart_at_round
             if due and self.starts[f.node] < 2:
                 self.start(f.node)
-                self.echo(f"fault: restarted {f.node} (the others are at round {min(others)})")
+                self.say(f"fault: restarted {f.node} (the others are at round {min(others)})")
 
 
 def ProcessRunner(prepared: PreparedScenario, echo: Echo = print) -> MeshRunner:  # noqa: N802
@@ -263,55 +322,94 @@ def run_inprocess(prepared: PreparedScenario, recorder: Any = None) -> list[dict
 
 
 def summarize(prepared: PreparedScenario) -> list[dict[str, Any]]:
-    rows = []
-    for cfg in prepared.nodes:
-        recs = read_metrics(Path(cfg.state_dir) / METRICS_FILE)
-        last = recs[-1] if recs else {}
-        rows.append(
-            {
-                "node": cfg.node_id,
-                "rounds": len(recs),
-                "last_round": last.get("round", 0),
-                "train_loss": last.get("train_loss"),
-                "eval_loss": last.get("eval_loss"),
-                "perplexity": last.get("perplexity"),
-                "rouge_l": last.get("rouge_l"),
-                "accuracy": last.get("accuracy"),
-                "macro_f1": last.get("macro_f1"),
-                "consensus_distance": last.get("consensus_distance"),
-                "bytes_sent_per_round": _median([r["bytes_sent"] for r in recs]),
-                "round_s": _median([r["round_s"] for r in recs]),
-            }
-        )
-    return rows
+    """One row per node from its metrics.jsonl (the summary table and summary.json)."""
+    return [node_row(c.node_id, Path(c.state_dir), len(c.neighbours)) for c in prepared.nodes]
+
+
+def summarize_out(spec: ScenarioSpec, out_dir: str | Path) -> list[dict[str, Any]]:
+    """`summarize` for the run of SPEC under OUT, without preparing it: nothing is built or written."""
+    out = Path(out_dir).resolve()
+    return [node_row(n, out / n, len(peers)) for n, peers in node_neighbours(spec).items()]
+
+
+def node_row(node: str, state_dir: Path, degree: int) -> dict[str, Any]:
+    recs = by_round(read_metrics(state_dir / METRICS_FILE))
+    last = recs[-1] if recs else {}
+    keys = ("train_loss", "eval_loss", "perplexity", "rouge_l", "accuracy", "macro_f1")
+    return {
+        "node": node,
+        "rounds": len(recs),
+        "last_round": last.get("round", 0),
+        **{k: last.get(k) for k in keys},
+        "consensus_distance": last.get("consensus_distance"),
+        "global_norm": last.get("global_norm"),
+        "consensus_relative": relative_consensus(last),  # consensus_distance / global_norm
+        "bytes_sent_per_round": _median([r.get("bytes_sent") for r in recs]),
+        "round_s": _median([r.get("round_s") for r in recs]),
+        "degree": degree,
+        "neighbours_heard": sorted({j for r in recs for j in r.get("neighbours_heard") or ()}),
+        "trained_alone": trained_alone(recs),
+    }
+
+
+def by_round(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records ordered by round; a node restarted from a checkpoint logs some rounds twice: the later wins."""
+    latest = {r["round"]: r for r in records if isinstance(r.get("round"), int)}
+    return [latest[k] for k in sorted(latest)]
+
+
+def trained_alone(records: list[dict[str, Any]]) -> bool:
+    """No round of the run mixed any neighbour: the node never heard from the mesh."""
+    return bool(records) and all(r.get("neighbours_heard") == [] for r in records)
+
+
+def relative_consensus(record: dict[str, Any]) -> float | None:
+    """Consensus distance as a fraction of the global adapter's norm; None when either is not measured
+    (e.g. a round that mixed no neighbour has no consensus distance)."""
+    dist, norm = _num(record.get("consensus_distance")), _num(record.get("global_norm"))
+    return None if dist is None or not norm else dist / norm
 
 
 def progress_line(prepared: PreparedScenario, rnd: int, total: int, elapsed: float) -> str:
     recs = []
     for cfg in prepared.nodes:
-        recs += [r for r in read_metrics(Path(cfg.state_dir) / METRICS_FILE) if r["round"] == rnd]
+        recs += [r for r in by_round(read_metrics(Path(cfg.state_dir) / METRICS_FILE)) if r["round"] == rnd]
     loss = _mean([r.get("train_loss") for r in recs])
     ev = _mean([r.get("eval_loss") for r in recs])
-    cd = _mean([r.get("consensus_distance") for r in recs])
-    kb = _mean([r.get("bytes_sent") for r in recs])
+    rel = _mean([relative_consensus(r) for r in recs])
+    sent = _mean([r.get("bytes_sent") for r in recs])
+    consensus = MISSING if rel is None else f"{fmt_percent(rel)} of |x|"
     return (
         f"[{elapsed:6.1f}s] round {rnd}/{total}: mean train_loss {_fmt(loss)}  eval_loss {_fmt(ev)}  "
-        f"consensus {_fmt(cd)}  sent {_fmt(kb and kb / 1e3)} kB/node"
+        f"consensus {consensus}  sent {fmt_kb(sent)} kB/node"
     )
 
 
+def fmt_percent(fraction: float | None) -> str:
+    return MISSING if fraction is None else f"{100 * fraction:.3g} %"
+
+
+def fmt_kb(n_bytes: float | None) -> str:
+    """Bytes as kB (1000 bytes), the unit of progress lines and the summary table."""
+    return MISSING if n_bytes is None else f"{n_bytes / 1e3:.1f}"
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
+
+
 def _mean(xs: list[Any]) -> float | None:
-    vals = [x for x in xs if isinstance(x, int | float)]
+    vals = [v for v in map(_num, xs) if v is not None]
     return sum(vals) / len(vals) if vals else None
 
 
 def _median(xs: list[Any]) -> float | None:
-    vals = [x for x in xs if isinstance(x, int | float)]
+    vals = [v for v in map(_num, xs) if v is not None]
     return statistics.median(vals) if vals else None
 
 
 def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}"
+    return MISSING if x is None else f"{x:.4g}"
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -330,9 +428,111 @@ def _gpu_count() -> int:
         return 0
 
 
-def prepare_for_processes(spec: ScenarioSpec, out_dir: str | Path) -> PreparedScenario:
-    return prepare(spec, out_dir, free_loopback_addresses(node_names(spec)))
+def prepare_for_processes(
+    spec: ScenarioSpec, out_dir: str | Path, echo: Echo | None = None
+) -> PreparedScenario:
+    return prepare(spec, out_dir, free_loopback_addresses(node_names(spec)), echo=echo)
 
 
-def prepare_for_memory(spec: ScenarioSpec, out_dir: str | Path) -> PreparedScenario:
-    return prepare(spec, out_dir, {n: f"mem-{n}:1" for n in node_names(spec)})
+def prepare_for_memory(spec: ScenarioSpec, out_dir: str | Path, echo: Echo | None = None) -> PreparedScenario:
+    return prepare(spec, out_dir, {n: f"mem-{n}:1" for n in node_names(spec)}, echo=echo)
+
+
+def quiet_progress_bars() -> None:
+    """No tqdm bars from transformers / huggingface_hub in this process (nodes run as its threads)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
+# ================================================================ an earlier run under the same OUT
+@dataclass(frozen=True)
+class PreviousRun:
+    """What an earlier run left under OUT: the round of each node's checkpoint (0: none)."""
+
+    rounds: dict[str, int]
+    total: int  # the rounds this scenario asks for
+
+    @property
+    def low(self) -> int:
+        return min(self.rounds.values(), default=0)
+
+    @property
+    def high(self) -> int:
+        return max(self.rounds.values(), default=0)
+
+    @property
+    def complete(self) -> bool:
+        """Every node checkpointed the final round: starting the nodes again would do nothing."""
+        return bool(self.rounds) and self.low >= self.total
+
+    @property
+    def partial(self) -> bool:
+        return self.high > 0 and not self.complete
+
+
+def previous_run(spec: ScenarioSpec, out_dir: str | Path) -> PreviousRun:
+    out = Path(out_dir).resolve()
+    return PreviousRun({n: checkpoint_round(out / n) for n in node_names(spec)}, spec.gossip.rounds)
+
+
+def checkpoint_round(state_dir: Path) -> int:
+    """The round of a node's checkpoint, read from the file's header (no tensor is loaded); 0 without one.
+
+    An unreadable checkpoint also gives 0: the node reports it when it starts."""
+    from safetensors import SafetensorError, safe_open
+
+    path = state_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        return 0
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("fedpeer") or "{}")
+    except (SafetensorError, OSError, ValueError):
+        return 0
+    rnd = meta.get("round") if isinstance(meta, dict) else None
+    return rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else 0
+
+
+def previous_run_line(out: str | Path, prev: PreviousRun) -> str | None:
+    """What `scenario run` does with an earlier run under OUT (None: there is none)."""
+    if prev.complete:
+        rounds = f"{prev.low}/{prev.total} rounds" if prev.low == prev.total else f"{prev.low} rounds"
+        return (
+            f"{out} already holds a complete run ({rounds}): showing its summary; pass --fresh to start over"
+        )
+    if prev.partial:
+        spread = "" if prev.low == prev.high else f" (node checkpoints at rounds {prev.low}–{prev.high})"
+        return (
+            f"{out} holds an unfinished run: resuming from round {prev.low}/{prev.total}{spread}; "
+            "pass --fresh to start over"
+        )
+    return None
+
+
+def clear_run(spec: ScenarioSpec, out_dir: str | Path) -> list[Path]:
+    """`--fresh`: delete what a run of SPEC wrote under OUT: each node's NODE_FILES (and checkpoint temp
+    files), node directories left empty, summary.json. Nothing else: not files the run did not write,
+    nothing outside OUT (links are not followed), not the model and data (rebuilt as needed)."""
+    out = Path(out_dir).resolve()
+    removed: list[Path] = []
+    for name in node_names(spec):
+        node_dir = out / name
+        files = [node_dir / f for f in NODE_FILES] + sorted(node_dir.glob(".checkpoint-*.tmp"))
+        removed += [f for f in files if _remove_inside(f, out)]
+        if not node_dir.is_symlink() and node_dir.resolve().parent == out:
+            with contextlib.suppress(OSError):  # only when nothing else is left in it
+                node_dir.rmdir()
+    if _remove_inside(out / SUMMARY_FILE, out):
+        removed.append(out / SUMMARY_FILE)
+    return removed
+
+
+def _remove_inside(path: Path, root: Path) -> bool:
+    """Unlink PATH if it is a plain file (not a link) inside ROOT."""
+    if path.is_symlink() or not path.is_file() or not path.resolve().is_relative_to(root):
+        return False
+    path.unlink()
+    return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,14 +196,17 @@ def prepare(
     addresses: dict[str, str],
     listen: dict[str, str] | None = None,
     kernel_bandwidth: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> PreparedScenario:
     """Build the model and data if the scenario says so, and one NodeConfig per node.
 
     `addresses` maps node name -> HOST:PORT its neighbours dial (the runner decides: loopback
     ports, memory, namespace IPs, container names); `listen` where each node binds, when that
     differs (containers bind 0.0.0.0). `kernel_bandwidth`: the runner shapes whole-run bandwidth
-    caps itself (netns, with tc), so the transports must not emulate them too.
+    caps itself (netns, with tc), so the transports must not emulate them too. `echo` hears what
+    is being prepared (data, model): it can take a few seconds.
     """
+    say = echo or (lambda _: None)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     graph = _graph(spec)
@@ -211,7 +215,15 @@ def prepare(
     missing = [n for n in names if n not in addresses]
     if missing:
         raise ConfigError(f"no address for nodes {missing}")
+    if spec.data.generator != "files":
+        say(f"writing {spec.data.generator} data for {len(names)} sites under {out / 'data'}")
     data_files = _data_files(spec, out, names)
+    if spec.tiny_model is not None:
+        t = spec.tiny_model
+        say(
+            f"preparing the tiny model ({t.arch}, {t.num_layers} layers, hidden {t.hidden_size}) "
+            f"under {out / 'model'}"
+        )
     model_cfg = _model_config(spec, out, data_files)
     nodes = []
     for name in names:
@@ -274,6 +286,12 @@ def spec_edges(graph: Any) -> str:
 
 def node_names(spec: ScenarioSpec) -> list[str]:
     return sorted(_graph(spec).nodes, key=_node_order)
+
+
+def node_neighbours(spec: ScenarioSpec) -> dict[str, list[str]]:
+    """Each node's neighbours in the topology, nodes in order."""
+    graph = _graph(spec)
+    return {n: neighbours(graph, n) for n in sorted(graph.nodes, key=_node_order)}
 
 
 def _graph(spec: ScenarioSpec) -> Any:
