@@ -154,7 +154,7 @@ def test_mismatched_fingerprint_is_refused_on_both_sides(tmp_path, caplog):
         peer = a.peers["node1"]
         a.handshake(peer)
         assert peer.info is None
-        assert "mesh_seed" in peer.refused and "node1 refused the handshake" in peer.refused.replace(
+        assert "mesh_seed" in peer.problem and "node1 refused the handshake" in peer.problem.replace(
             cfg_b.listen, "node1"
         )
         assert any(
