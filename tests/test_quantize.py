@@ -7,15 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedpeer.codec.quantize import (
-    MAX_BLOCK,
-    MIN_BLOCK,
-    Quantized,
-    check_quant,
-    dequantize,
-    part_sizes,
-    quantize,
-)
+from fedpeer.codec.options import MAX_BLOCK, MIN_BLOCK, check_quant
+from fedpeer.codec.quantize import Quantized, dequantize, part_sizes, quantize
 from fedpeer.errors import CodecError
 
 QMAX = {4: 7, 8: 127}

@@ -30,8 +30,9 @@ import tensorly as tl
 import torch
 from tensorly.decomposition import tensor_train, tucker
 
-from fedpeer.codec.base import TensorSpec
+from fedpeer.codec.options import FACTOR_METHODS, METHODS
 from fedpeer.errors import CodecError
+from fedpeer.tensors import Manifest
 
 __all__ = [
     "FACTOR_METHODS",
@@ -44,12 +45,12 @@ __all__ = [
     "rank_ladder",
     "ranks_for",
     "reconstruct",
+    "rel_error",
     "should_factorize",
     "transfer_cost",
 ]
 
-FACTOR_METHODS = ("svd", "tucker", "tt")
-METHODS = ("dense", "zero", *FACTOR_METHODS)
+# FACTOR_METHODS and METHODS are defined in `fedpeer.codec.options` (re-exported here).
 # HOOI sweeps after the HOSVD start: the first sweep gains most; more cost CPU for little.
 TUCKER_ITERS = 2
 
@@ -70,7 +71,7 @@ class Group:
         return min(self.dims[1], self.dims[2]) >= 2
 
 
-def group_manifest(manifest: Sequence[TensorSpec]) -> list[Group]:
+def group_manifest(manifest: Manifest) -> list[Group]:
     """2-D tensors grouped by shape (first appearance order); other tensors alone as [1, 1, numel]."""
     by_shape: dict[tuple[int, ...], list[int]] = {}
     order: list[tuple[int, ...] | int] = []
@@ -262,7 +263,7 @@ def should_factorize(dense: tuple[int, float], factored: tuple[int, float], ener
     3. Factorize only when its cost is strictly lower; ties go to dense (cheaper to encode).
     """
     pays = transfer_cost(*factored, energy) < transfer_cost(*dense, energy)
-    return Decision(pays, dense[0], factored[0], _rel(dense[1], energy), _rel(factored[1], energy))
+    return Decision(pays, dense[0], factored[0], rel_error(dense[1], energy), rel_error(factored[1], energy))
 
 
 def transfer_cost(nbytes: int, sq_error: float, energy: float) -> float:
@@ -271,7 +272,8 @@ def transfer_cost(nbytes: int, sq_error: float, energy: float) -> float:
     return nbytes / delta**2 if delta > 0 else math.inf
 
 
-def _rel(sq_error: float, energy: float) -> float:
+def rel_error(sq_error: float, energy: float) -> float:
+    """Relative error sqrt(sq_error / energy) of an option (0.0 for an all-zero group)."""
     return math.sqrt(sq_error / energy) if energy > 0 else 0.0
 
 

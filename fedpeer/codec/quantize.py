@@ -23,23 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
+from fedpeer.codec.options import check_quant
 from fedpeer.errors import CodecError
 
-__all__ = [
-    "BITS",
-    "MAX_BLOCK",
-    "MIN_BLOCK",
-    "Quantized",
-    "check_quant",
-    "dequantize",
-    "part_sizes",
-    "quantize",
-]
+__all__ = ["Quantized", "dequantize", "part_sizes", "quantize"]
 
-BITS = (4, 8, 16)
-# Blocks of 64 values cost 0.25 bit/value of fp16 scale at int8/int4 and follow the local magnitude
-# of LoRA updates closely; the bounds keep hostile headers from asking for absurd layouts.
-MIN_BLOCK, MAX_BLOCK = 8, 1 << 16
+# The bit widths and block bounds, and their check, are in `fedpeer.codec.options`.
 _QMAX = {4: 7, 8: 127}
 
 
@@ -50,14 +39,6 @@ class Quantized:
     codes: torch.Tensor  # uint8, ceil(n·bits/8) bytes (empty at 16 bits)
     halfs: torch.Tensor  # float16: one scale per block, or the n values / M at 16 bits
     scale: torch.Tensor  # float32, shape (1,): M = max|x|
-
-
-def check_quant(bits: int, block: int) -> None:
-    """Refuse bit widths and block sizes outside what the wire format defines."""
-    if isinstance(bits, bool) or bits not in BITS:
-        raise CodecError(f"quantization bits must be one of {BITS}, got {bits!r}")
-    if isinstance(block, bool) or not isinstance(block, int) or not MIN_BLOCK <= block <= MAX_BLOCK:
-        raise CodecError(f"quantization block must be an integer in {MIN_BLOCK}..{MAX_BLOCK}, got {block!r}")
 
 
 def part_sizes(n: int, bits: int, block: int) -> tuple[int, int]:

@@ -24,23 +24,23 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["State", "add_", "consensus_distance", "difference", "mix", "zeros_like"]
+from fedpeer.tensors import State, StateView
 
-State = Mapping[str, torch.Tensor]
+__all__ = ["add_", "consensus_distance", "difference", "mix", "zeros_like"]
 
 
-def zeros_like(x: State) -> dict[str, torch.Tensor]:
+def zeros_like(x: StateView) -> State:
     """Initial public copy: zeros, so round 1 sends the full state as its first difference."""
     return {k: torch.zeros_like(t) for k, t in x.items()}
 
 
-def difference(x: State, x_hat_self: State) -> dict[str, torch.Tensor]:
+def difference(x: StateView, x_hat_self: StateView) -> State:
     """q = x - x̂_self, as new tensors."""
     _same_keys(x, x_hat_self, "x_hat_self")
     return {k: x[k] - _like(x_hat_self[k], x[k]) for k in x}
 
 
-def add_(x_hat: State, q: State) -> None:
+def add_(x_hat: StateView, q: StateView) -> None:
     """x̂ += q in place (q may come from another device or dtype, e.g. a decoded CPU update)."""
     _same_keys(x_hat, q, "q")
     for k, t in x_hat.items():
@@ -50,12 +50,12 @@ def add_(x_hat: State, q: State) -> None:
 
 
 def mix(
-    x: State,
-    x_hat_self: State,
-    x_hat_neighbours: Mapping[str, State],
+    x: StateView,
+    x_hat_self: StateView,
+    x_hat_neighbours: Mapping[str, StateView],
     weights: Mapping[str, float],
     gamma: float,
-) -> dict[str, torch.Tensor]:
+) -> State:
     """x + γ Σ_j w_ij (x̂_j - x̂_self) over the neighbours present; new tensors, inputs untouched."""
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
@@ -64,7 +64,7 @@ def mix(
         _same_keys(x, x_hat_j, f"x_hat_neighbours[{j!r}]")
         if j not in weights:
             raise ValueError(f"no mixing weight for neighbour {j!r}")
-    out: dict[str, torch.Tensor] = {}
+    out: State = {}
     for k, xk in x.items():
         self_k = _like(x_hat_self[k], xk)
         # Differences first: near consensus x̂_j ≈ x̂_self, and subtracting before summing keeps
@@ -76,7 +76,7 @@ def mix(
     return out
 
 
-def consensus_distance(x: State, x_hat_neighbours: Mapping[str, State]) -> float:
+def consensus_distance(x: StateView, x_hat_neighbours: Mapping[str, StateView]) -> float:
     """sqrt(mean over neighbours j of Σ_keys ||x - x̂_j||²); 0.0 without neighbours."""
     if not x_hat_neighbours:
         return 0.0
@@ -91,7 +91,7 @@ def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return t.to(device=ref.device, dtype=ref.dtype)
 
 
-def _same_keys(ref: State, other: State, what: str) -> None:
+def _same_keys(ref: StateView, other: StateView, what: str) -> None:
     if ref.keys() != other.keys():
         missing = sorted(set(ref) - set(other))
         extra = sorted(set(other) - set(ref))

@@ -26,8 +26,7 @@ from typing import Any
 import torch
 
 from fedpeer.errors import FrameRejected
-
-State = dict[str, torch.Tensor]
+from fedpeer.tensors import State
 
 
 @dataclass

@@ -36,9 +36,9 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 import fedpeer
-from fedpeer.codec.base import TensorSpec
 from fedpeer.config import AdapterConfig, ModelConfig, hub_id_shaped, in_hub_cache, missing_model_dir
 from fedpeer.errors import ModelError
+from fedpeer.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from enum import Enum
 
 import torch
 
-from fedpeer.codec import Codec, DecodeLimits, TensorSpec, get_codec, manifest_of
+from fedpeer.codec import Codec, DecodeLimits, get_codec
 from fedpeer.errors import CodecError, FrameRejected
+from fedpeer.tensors import TensorSpec, manifest_of
 
 # Largest payload chunk on the wire: well under gRPC's default 4 MiB message limit.
 CHUNK_BYTES = 1 << 20

@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 
-from fedpeer.codec import TensorSpec
 from fedpeer.errors import FrameRejected
 from fedpeer.proto.v1 import mesh_pb2 as pb
+from fedpeer.tensors import TensorSpec
 from fedpeer.wire.frames import (
     CHUNK_BYTES,
     AckInfo,
