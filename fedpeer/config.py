@@ -1,8 +1,10 @@
 """Node configuration: frozen dataclasses, loaded from TOML with errors that name the field.
 
 A node config file has one table per dataclass below (`[model]`, `[adapter]`, `[train]`,
-`[gossip]`, `[codec]`) plus top-level `node_id`, `listen`, `state_dir` and a `[[neighbours]]`
-array. `fedpeer init` writes a commented example.
+`[gossip]`, `[codec]`) plus top-level `node_id`, `state_dir`, `listen`, `advertise` and the
+`[[neighbours]]` and `[[links]]` arrays. Each setting is defined once, here: its type, default and
+`help` metadata (why the default is what it is). `fedpeer init` writes them as a commented file
+(`fedpeer.settings.render_template`); validation stays in each class's `validate`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedpeer.codec.options import validate_codec_options
 from fedpeer.errors import ConfigError
 
 TASKS = ("causal-lm", "seq-cls")
-CODECS = ("lossless", "fp16", "pipeline")
-# What the pipeline codec may factorize with (fedpeer.codec.factorize); bit widths it may use.
-CODEC_METHODS = ("svd", "tucker", "tt")
-CODEC_BITS = (4, 8, 16)
 HEAD_SCOPES = ("global", "local")
 CLASS_WEIGHTS = ("none", "balanced")
 WEIGHTINGS = ("metropolis-hastings", "data-size", "val-loss")
@@ -30,15 +29,38 @@ WEIGHTINGS = ("metropolis-hastings", "data-size", "val-loss")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = field(default="", metadata={"help": "Hugging Face model id or local directory"})
-    task: str = field(default="causal-lm", metadata={"help": "causal-lm | seq-cls"})
-    # Class names for seq-cls; the JSONL `label` field is one of these (or its index).
-    labels: tuple[str, ...] = ()
-    # Same base weights everywhere matter more than speed; fp32 keeps CPU runs exact.
-    dtype: str = "float32"
-    # The frozen base model's own dropout while training (LoRA's is adapter.dropout). false turns it
-    # off: nothing random is drawn, so nodes sharing a process train in parallel and reproducibly.
-    dropout: bool = True
+    path: str = field(
+        default="",
+        metadata={
+            "help": "Hugging Face model id org/name (available offline) or a local directory; relative "
+            "paths are relative to this file."
+        },
+    )
+    task: str = field(
+        default="causal-lm",
+        metadata={"help": "causal-lm (JSONL `text`) or seq-cls (JSONL `text` + `label`)."},
+    )
+    labels: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "seq-cls only: class names; the JSONL `label` field is one of these (or its index)."
+        },
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "float32, bfloat16 or float16. The same base weights everywhere matter more than "
+            "speed; float32 keeps CPU runs exact."
+        },
+    )
+    dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "The frozen base model's own dropout while training (LoRA's is adapter.dropout). "
+            "false turns it off: nothing random is drawn, so nodes sharing a process train in parallel "
+            "and reproducibly."
+        },
+    )
 
     def validate(self) -> None:
         _require(self.path != "", "model.path", "must name a Hugging Face model id or a local directory")
@@ -54,20 +76,46 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    # Empty: pick the attention projections of the architecture (q/v or query/value).
-    target_modules: tuple[str, ...] = ()
-    # Med-DualLoRA: adapting the last blocks is enough; 0 adapts every block.
-    last_k_blocks: int = 0
-    # FFA-LoRA: A_g frozen from mesh_seed makes mixing of B_g exact and halves the bytes.
-    train_global_a: bool = False
-    mesh_seed: int = 0
-    # A second, private adapter that never leaves the site. False gives a global-only model.
-    use_local: bool = True
-    # seq-cls head: shared with the mesh ("global") or kept at the site ("local").
-    head: str = "global"
+    rank: int = field(default=8, metadata={"help": "LoRA rank of both adapters (global and local)."})
+    alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scaling: an adapter's update is scaled by alpha / rank."}
+    )
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout on the adapters' input, in [0, 1)."})
+    target_modules: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Names of the modules to adapt. Empty: pick the attention projections of the "
+            "architecture (q/v or query/value)."
+        },
+    )
+    last_k_blocks: int = field(
+        default=0,
+        metadata={
+            "help": "Adapt only the last k transformer blocks; 0 adapts every block. Med-DualLoRA: "
+            "adapting the last blocks is enough."
+        },
+    )
+    train_global_a: bool = field(
+        default=False,
+        metadata={
+            "help": "false (FFA-LoRA): A_g is frozen from mesh_seed and only B_g trains and travels, which "
+            "makes mixing of B_g exact and halves the bytes. true trains and exchanges A_g too."
+        },
+    )
+    mesh_seed: int = field(
+        default=0,
+        metadata={"help": "Seeds the frozen A_g and a fresh seq-cls head: must be the same on every site."},
+    )
+    use_local: bool = field(
+        default=True,
+        metadata={
+            "help": "A second, private adapter that never leaves the site. false gives a global-only model."
+        },
+    )
+    head: str = field(
+        default="global",
+        metadata={"help": 'seq-cls head: shared with the mesh ("global") or kept at the site ("local").'},
+    )
 
     def validate(self) -> None:
         _require(self.rank >= 1, "adapter.rank", f"must be >= 1, got {self.rank}")
@@ -79,22 +127,58 @@ class AdapterConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = field(default="", metadata={"help": "JSONL file: `text` (causal-lm) or `text`+`label`"})
-    # Empty: hold out eval_fraction of `data`, chosen by `seed`.
-    eval_data: str = ""
-    eval_fraction: float = 0.1
-    steps_per_round: int = 10
-    batch_size: int = 8
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    max_length: int = 128
-    seed: int = 0
-    # seq-cls loss weights. none: plain cross-entropy. balanced: each class the site has weighs
-    # n / (classes present * n_class), so a skewed site does not settle on its majority class
-    # (what macro-F1 punishes). Computed from the site's own training labels only.
-    class_weights: str = "none"
-    # auto: cuda when present, else cpu. The scenario runner spreads nodes over GPUs.
-    device: str = "auto"
+    data: str = field(
+        default="",
+        metadata={
+            "help": "This site's JSONL training file: `text` (causal-lm) or `text` + `label` (seq-cls); "
+            "relative to this file."
+        },
+    )
+    eval_data: str = field(
+        default="",
+        metadata={
+            "help": "JSONL evaluation file. Empty: hold out eval_fraction of `data`, chosen by `seed`."
+        },
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of `data` held out for evaluation when eval_data is empty, in (0, 1)."},
+    )
+    steps_per_round: int = field(
+        default=10, metadata={"help": "Local optimizer steps between two exchanges (0: mix only)."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step."})
+    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_length: int = field(
+        default=128,
+        metadata={
+            "help": "Tokens per example (at least 8); longer examples are cut (a causal-lm prompt loses "
+            "its start rather than its completion)."
+        },
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seeds the eval hold-out, the batch order and (with node_id) the local adapter's "
+            "initialization."
+        },
+    )
+    class_weights: str = field(
+        default="none",
+        metadata={
+            "help": "seq-cls loss weights. none: plain cross-entropy. balanced: each class the site has "
+            "weighs n / (classes present * n_class), so a skewed site does not settle on its majority "
+            "class (what macro-F1 punishes). Computed from the site's own training labels only."
+        },
+    )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (cuda when present, else cpu), cpu, cuda or cuda:N. The scenario runner spreads "
+            "nodes over GPUs."
+        },
+    )
 
     def validate(self) -> None:
         _require(self.data != "", "train.data", "must name the site's JSONL training file")
@@ -118,27 +202,62 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class GossipConfig:
-    rounds: int = 10
-    # CHOCO consensus step size. 1.0 with a lossless codec is plain gossip x <- W x.
-    gamma: float = 1.0
-    # A round waits this long for neighbours' updates, then mixes with those it has.
-    round_timeout_s: float = 120.0
-    # Deadline of one RPC (handshake, one update stream, one snapshot).
-    rpc_timeout_s: float = 30.0
-    # How long a starting node keeps retrying its first handshakes before starting round 1 anyway.
-    join_timeout_s: float = 60.0
-    # Frames for rounds further ahead than this are refused (bounds the inbox).
-    max_rounds_ahead: int = 2
-    # Seconds to keep serving after the last round (slower neighbours may still need a snapshot).
-    linger_s: float = 5.0
-    # Mixing weights. metropolis-hastings: w_ij = 1/(1+max(d_i,d_j)), the mesh averages uniformly.
-    # data-size / val-loss: Metropolis-Hastings towards a target distribution pi (pi_i = the
-    # site's number of training examples, or exp(1 - val_loss) as in Fed-MedLoRA+), so the mesh
-    # converges to the pi-weighted average instead (see docs/protocol.md).
-    weighting: str = "metropolis-hastings"
-    # A node that never hears from any neighbour during its whole run trained alone: it then exits
-    # with an error (a misconfigured mesh must not pass for a working one). True allows solo runs.
-    allow_solo: bool = False
+    rounds: int = field(
+        default=10, metadata={"help": "Rounds to run: train steps_per_round, exchange with neighbours, mix."}
+    )
+    gamma: float = field(
+        default=1.0,
+        metadata={
+            "help": "CHOCO consensus step size, in [0, 1]. 1.0 with a lossless codec is plain gossip "
+            "x <- W x; the lossy pipeline codec needs < 1."
+        },
+    )
+    round_timeout_s: float = field(
+        default=120.0,
+        metadata={
+            "help": "A round waits this long for neighbours' updates (a slow neighbour), then mixes with "
+            "those it has."
+        },
+    )
+    rpc_timeout_s: float = field(
+        default=30.0,
+        metadata={"help": "Deadline of one RPC to a neighbour (handshake, one update stream, one snapshot)."},
+    )
+    join_timeout_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "How long a starting node keeps retrying its first handshakes before starting round 1 "
+            "anyway."
+        },
+    )
+    max_rounds_ahead: int = field(
+        default=2,
+        metadata={"help": "Frames for rounds further ahead than this are refused (bounds the inbox)."},
+    )
+    linger_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "Seconds to keep serving after the last round (slower neighbours may still need a "
+            "snapshot)."
+        },
+    )
+    weighting: str = field(
+        default="metropolis-hastings",
+        metadata={
+            "help": "Mixing weights. metropolis-hastings: w_ij = 1/(1+max(d_i,d_j)), the mesh averages "
+            "uniformly. data-size / val-loss: Metropolis-Hastings towards a target distribution pi "
+            "(pi_i = the site's number of training examples, or exp(1 - val_loss) as in Fed-MedLoRA+), "
+            "so the mesh converges to the pi-weighted average instead (see docs/protocol.md)."
+        },
+    )
+    allow_solo: bool = field(
+        default=False,
+        metadata={
+            "help": "A node that never hears from any neighbour during its whole run trained alone: it "
+            "then exits with an error (a misconfigured mesh must not pass for a working one). true "
+            "allows solo runs (exit 0)."
+        },
+    )
 
     def validate(self) -> None:
         _require(self.rounds >= 1, "gossip.rounds", "must be >= 1")
@@ -155,50 +274,90 @@ class GossipConfig:
 
 @dataclass(frozen=True)
 class CodecConfig:
-    # lossless | fp16 | pipeline. The pipeline is lossy: set gossip.gamma < 1 with it (CHOCO).
-    name: str = "fp16"
-    # Levels 1-3: noise-like floats and int codes gain little from higher levels, which cost CPU.
-    zstd_level: int = 3
-    # Decoder bound on one update's decompressed size; frames declaring more are refused.
-    max_payload_mb: float = 1024.0
-    # --- pipeline only (senders' choice: the frame header carries what a receiver needs) ---
-    # Measured on MiniLM B_g updates (benchmarks/codec.py): 4 bits alone is 6 % error per round and
-    # ~16x fewer bytes than fp32 LoRA exchange; 8 bits 0.4 % and 7.7x; 16 bits (fp16) 0.02 %.
-    bits: int = 4
-    # Values per fp16 block scale: 64 costs 0.25 bit/value and follows local magnitudes closely.
-    block: int = 64
-    # Low-rank rank as a fraction of each unfolding's rank (B_g [out, r]: svd rank ceil(f·r)).
-    # A group is factorized only where it pays (error and bytes measured each round): 0.5 with
-    # 4 bits is ~30x on real updates (40 % error, resent by error feedback), and falls back to
-    # dense on noise-like ones. 1.0 never factorizes (the ~16x point with the least error).
-    rank_fraction: float = 0.5
-    # Factorizations to try per tensor group: per-matrix SVD, Tucker / tensor train over the stack.
-    methods: tuple[str, ...] = ("svd", "tucker")
-    # Unbiased (stochastic) rounding instead of nearest: zero-mean error, slightly larger.
-    stochastic: bool = False
-    # Bytes per round per link; > 0 lets the codec pick ranks and bits to fit (bits and
-    # rank_fraction are then ignored). One frame goes to every neighbour (CHOCO needs one x_hat
-    # per sender), so give the tightest link's budget. 0 = off.
-    budget_bytes: int = 0
+    name: str = field(
+        default="fp16",
+        metadata={
+            "help": "lossless (fp32) | fp16 | pipeline, each byte-shuffled and zstd-compressed. The "
+            "pipeline (low-rank where it pays, blockwise int4/int8) is lossy: set gossip.gamma < 1 with "
+            "it (CHOCO). The settings below marked pipeline are the sender's choice: the frame header "
+            "carries what a receiver needs."
+        },
+    )
+    zstd_level: int = field(
+        default=3,
+        metadata={
+            "help": "1..22. Levels 1-3: noise-like floats and int codes gain little from higher levels, "
+            "which cost CPU."
+        },
+    )
+    max_payload_mb: float = field(
+        default=1024.0,
+        metadata={
+            "help": "Decoder bound on one update's decompressed size; frames declaring more are refused."
+        },
+    )
+    bits: int = field(
+        default=4,
+        metadata={
+            "help": "pipeline: bits per value, 4, 8 or 16. Measured on MiniLM B_g updates "
+            "(benchmarks/codec.py): 4 bits alone is 6 % error per round and ~16x fewer bytes than fp32 "
+            "LoRA exchange; 8 bits 0.4 % and 7.7x; 16 bits (fp16) 0.02 %."
+        },
+    )
+    block: int = field(
+        default=64,
+        metadata={
+            "help": "pipeline: values per fp16 block scale, 8..65536: 64 costs 0.25 bit/value and follows "
+            "local magnitudes closely."
+        },
+    )
+    rank_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "pipeline: low-rank rank as a fraction of each unfolding's rank (B_g [out, r]: svd "
+            "rank ceil(f·r)). A group is factorized only where it pays (error and bytes measured each "
+            "round): 0.5 with 4 bits is ~30x on real updates (40 % error, resent by error feedback), and "
+            "falls back to dense on noise-like ones. 1.0 never factorizes (the ~16x point with the "
+            "least error)."
+        },
+    )
+    methods: tuple[str, ...] = field(
+        default=("svd", "tucker"),
+        metadata={
+            "help": "pipeline: factorizations to try per tensor group: per-matrix SVD (svd), Tucker "
+            "(tucker) / tensor train (tt) over the stack."
+        },
+    )
+    stochastic: bool = field(
+        default=False,
+        metadata={
+            "help": "pipeline: unbiased (stochastic) rounding instead of nearest: zero-mean error, "
+            "slightly larger."
+        },
+    )
+    budget_bytes: int = field(
+        default=0,
+        metadata={
+            "help": "pipeline: bytes per round per link; > 0 lets the codec pick ranks and bits to fit "
+            "(bits and rank_fraction are then ignored). One frame goes to every neighbour (CHOCO needs "
+            "one x_hat per sender), so give the tightest link's budget. 0 = off."
+        },
+    )
 
     def validate(self) -> None:
-        _require(self.name in CODECS, "codec.name", f"must be one of {', '.join(CODECS)}, got {self.name!r}")
-        _require(1 <= self.zstd_level <= 22, "codec.zstd_level", "must be in 1..22")
-        _require(self.max_payload_mb > 0, "codec.max_payload_mb", "must be > 0")
-        _require(self.bits in CODEC_BITS, "codec.bits", f"must be 4, 8 or 16, got {self.bits}")
-        _require(8 <= self.block <= 65536, "codec.block", f"must be in 8..65536, got {self.block}")
-        _require(0.0 < self.rank_fraction <= 1.0, "codec.rank_fraction", "must be in (0, 1]")
-        for m in self.methods:
-            _require(
-                m in CODEC_METHODS, "codec.methods", f"must be among {', '.join(CODEC_METHODS)}, got {m!r}"
-            )
-        _require(self.budget_bytes >= 0, "codec.budget_bytes", "must be >= 0 (0 = off)")
+        # The codec package owns its options and their rules (one definition, torch-free).
+        validate_codec_options(dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)
 class PeerConfig:
-    id: str
-    address: str
+    id: str = field(metadata={"help": "The neighbour's node_id.", "example": "site-b"})
+    address: str = field(
+        metadata={
+            "help": "HOST:PORT the neighbour serves on (its advertise address, or its listen).",
+            "example": "site-b.example.org:50051",
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -209,18 +368,37 @@ class LinkConfig:
     receives, so that one schedule behaves the same with processes, namespaces and containers.
     """
 
-    peer: str
-    # Rounds from_round..to_round, both included; to_round 0 = until the last round.
-    from_round: int = 1
-    to_round: int = 0
-    # Nothing passes either way: calls fail as if the peer were down, its frames are refused.
-    cut: bool = False
-    # Added before each send (netem is missing on some kernels, so delay lives here).
-    delay_ms: float = 0.0
-    # Probability that a whole update frame is dropped (the send fails, the receiver resyncs).
-    loss: float = 0.0
-    # Cap emulated as a wait of bytes*8/rate per frame; 0 = unlimited.
-    bandwidth_mbit: float = 0.0
+    peer: str = field(
+        metadata={
+            "help": "The neighbour (one of the neighbours' ids) whose link this is.",
+            "example": "site-b",
+        }
+    )
+    from_round: int = field(
+        default=1,
+        metadata={"help": "First round the conditions apply (rounds from_round..to_round, both included)."},
+    )
+    to_round: int = field(default=0, metadata={"help": "Last round they apply; 0 = until the last round."})
+    cut: bool = field(
+        default=False,
+        metadata={
+            "help": "Nothing passes either way: calls fail as if the peer were down, its frames are refused."
+        },
+    )
+    delay_ms: float = field(
+        default=0.0,
+        metadata={"help": "Added before each send (netem is missing on some kernels, so delay lives here)."},
+    )
+    loss: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability that a whole update frame is dropped (the send fails, the receiver resyncs)."
+        },
+    )
+    bandwidth_mbit: float = field(
+        default=0.0,
+        metadata={"help": "Cap emulated as a wait of bytes*8/rate per frame; 0 = unlimited."},
+    )
 
     def active(self, rnd: int) -> bool:
         return self.from_round <= rnd and (self.to_round == 0 or rnd <= self.to_round)
@@ -240,19 +418,58 @@ class LinkConfig:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    node_id: str
-    state_dir: str
-    listen: str = "127.0.0.1:50051"
-    # Address neighbours use to reach us; empty = listen.
-    advertise: str = ""
-    neighbours: tuple[PeerConfig, ...] = ()
-    model: ModelConfig = ModelConfig()
-    adapter: AdapterConfig = AdapterConfig()
-    train: TrainConfig = TrainConfig()
-    gossip: GossipConfig = GossipConfig()
-    codec: CodecConfig = CodecConfig()
-    # Emulated link faults (cut, delay, loss, bandwidth) per neighbour and round; scenarios write them.
-    links: tuple[LinkConfig, ...] = ()
+    node_id: str = field(metadata={"help": "Unique name of this site in the mesh (no '/')."})
+    state_dir: str = field(
+        metadata={
+            "help": "checkpoint.safetensors and metrics.jsonl are written here; a node restarted on it "
+            "resumes from its last completed round. Relative to this file."
+        }
+    )
+    listen: str = field(
+        default="127.0.0.1:50051",
+        metadata={
+            "help": "HOST:PORT this node serves its neighbours on.\ngRPC traffic between nodes is "
+            "plaintext and unauthenticated today (no TLS yet): anyone who can reach `listen` can read "
+            "the updates and send frames. 0.0.0.0 listens on every interface, public ones included: "
+            'bind to a private interface or a VPN address (e.g. "10.8.0.2:50051") until TLS lands.'
+        },
+    )
+    advertise: str = field(
+        default="",
+        metadata={
+            "help": "Address neighbours use to reach us, if not `listen` (NAT, containers); empty = listen."
+        },
+    )
+    neighbours: tuple[PeerConfig, ...] = field(
+        default=(),
+        metadata={
+            "help": "Topology neighbours: one [[neighbours]] table each. Both ends must list each other."
+        },
+    )
+    model: ModelConfig = field(
+        default=ModelConfig(), metadata={"help": "The base model and its task (the same on every site)."}
+    )
+    adapter: AdapterConfig = field(
+        default=AdapterConfig(),
+        metadata={"help": "The LoRA adapters: a global one mixed over the mesh, a local one kept here."},
+    )
+    train: TrainConfig = field(
+        default=TrainConfig(), metadata={"help": "Local training on this site's data between exchanges."}
+    )
+    gossip: GossipConfig = field(
+        default=GossipConfig(),
+        metadata={"help": "Rounds, timeouts and mixing: how updates are exchanged with the neighbours."},
+    )
+    codec: CodecConfig = field(
+        default=CodecConfig(), metadata={"help": "How this node encodes the updates it sends."}
+    )
+    links: tuple[LinkConfig, ...] = field(
+        default=(),
+        metadata={
+            "help": "Emulated link faults (cut, delay, loss, bandwidth) per neighbour and round; scenarios "
+            "write them: one [[links]] table each."
+        },
+    )
 
     def validate(self) -> None:
         _require(
@@ -446,16 +663,16 @@ def dump_toml(data: dict[str, Any]) -> str:
     lines: list[str] = []
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and not _is_table_list(v)}
     for k, v in scalars.items():
-        lines.append(f"{k} = {_toml_value(v)}")
+        lines.append(f"{k} = {toml_value(v)}")
     for k, v in data.items():
         if _is_table_list(v):
             for item in v:
                 lines.append(f"\n[[{k}]]")
-                lines.extend(f"{ik} = {_toml_value(iv)}" for ik, iv in item.items())
+                lines.extend(f"{ik} = {toml_value(iv)}" for ik, iv in item.items())
     for k, v in data.items():
         if isinstance(v, dict):
             lines.append(f"\n[{k}]")
-            lines.extend(f"{ik} = {_toml_value(iv)}" for ik, iv in v.items())
+            lines.extend(f"{ik} = {toml_value(iv)}" for ik, iv in v.items())
     return "\n".join(lines) + "\n"
 
 
@@ -463,7 +680,7 @@ def _is_table_list(v: Any) -> bool:
     return isinstance(v, list) and len(v) > 0 and all(isinstance(x, dict) for x in v)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -471,5 +688,5 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
