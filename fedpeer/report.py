@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from fedpeer.errors import FedpeerError
+from fedpeer.metrics import AUTO_METRICS, EVAL_METRICS, RoundRecord, by_round, read_records
 from fedpeer.metrics import FILENAME as METRICS_FILE
-from fedpeer.metrics import read_metrics
 
-# `metric="auto"` takes the first of these that the runs measured: the task metric before the loss.
-AUTO_METRICS = ("macro_f1", "rouge_l", "accuracy", "eval_loss")
-LOWER_IS_BETTER = frozenset({"eval_loss", "train_loss", "perplexity", "consensus_distance"})
+# `metric="auto"` takes the first of AUTO_METRICS that the runs measured: the task metric before the loss.
+LOWER_IS_BETTER = frozenset(
+    {m.name for m in EVAL_METRICS if not m.higher_is_better} | {"train_loss", "consensus_distance"}
+)
 RUN_META = "run.json"
 
 
@@ -37,7 +38,7 @@ class Run:
 
     label: str
     meta: dict[str, Any]
-    nodes: dict[str, list[dict[str, Any]]]
+    nodes: dict[str, list[RoundRecord]]
     path: Path = field(default=Path("."), compare=False)
 
     @property
@@ -51,7 +52,7 @@ def load_run(path: str | Path) -> Run:
     """Read DIR/<node>/metrics.jsonl for every node and DIR/run.json if present."""
     d = Path(path)
     files = sorted(d.glob(f"*/{METRICS_FILE}"), key=lambda p: _natural(p.parent.name))
-    nodes = {f.parent.name: _by_round(read_metrics(f)) for f in files}
+    nodes = {f.parent.name: by_round(read_records(f)) for f in files}
     if not any(nodes.values()):
         raise ReportError(
             f"{d} has no metrics: expected {d}/<node>/{METRICS_FILE} (the --out of `fedpeer scenario run`)"
@@ -70,12 +71,6 @@ def find_runs(dirs: Sequence[str | Path]) -> list[Run]:
         else:
             runs.append(load_run(d))
     return runs
-
-
-def _by_round(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # A node restarted from a checkpoint appends a round it had already logged: the later line wins.
-    latest = {r["round"]: r for r in records if isinstance(r.get("round"), int)}
-    return [latest[k] for k in sorted(latest)]
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -111,7 +106,8 @@ def _num(v: Any) -> float | None:
 
 def available_metrics(runs: Sequence[Run]) -> list[str]:
     """Numeric fields the runs' records carry (what --metric can name)."""
-    keys = {k for run in runs for recs in run.nodes.values() for r in recs for k, v in r.items() if _num(v)}
+    records = (r for run in runs for recs in run.nodes.values() for r in recs)
+    keys = {k for r in records for k, v in r.to_json().items() if _num(v)}
     return sorted(keys - {"round"})
 
 
@@ -128,10 +124,10 @@ def resolve_metric(runs: Sequence[Run], metric: str = "auto") -> str:
     return metric
 
 
-def _final(records: list[dict[str, Any]], metric: str) -> float | None:
+def _final(records: list[RoundRecord], metric: str) -> float | None:
     # The last value measured: a round may log null ("not measured"), e.g. when eval was skipped.
     for r in reversed(records):
-        v = _num(r.get(metric))
+        v = _num(r.value(metric))
         if v is not None:
             return v
     return None
@@ -149,7 +145,7 @@ def _std(xs: Sequence[float]) -> float | None:
 def summarize_run(run: Run, metric: str) -> dict[str, Any]:
     """Final per-node metric (+ mean, min, max), bytes sent per node (total, per round), rounds, wall time."""
     final = {n: v for n, recs in run.nodes.items() if (v := _final(recs, metric)) is not None}
-    sent = {n: sum(_num(r.get("bytes_sent")) or 0.0 for r in recs) for n, recs in run.nodes.items() if recs}
+    sent = {n: sum(_num(r.bytes_sent) or 0.0 for r in recs) for n, recs in run.nodes.items() if recs}
     per_round = {n: sent[n] / len(run.nodes[n]) for n in sent}
     vals = list(final.values())
     return {
@@ -165,7 +161,7 @@ def summarize_run(run: Run, metric: str) -> dict[str, Any]:
         "bytes_sent": sent,
         "bytes_sent_per_round": per_round,
         "mean_bytes_sent_per_round": _mean(list(per_round.values())),
-        "rounds": max((recs[-1]["round"] for recs in run.nodes.values() if recs), default=0),
+        "rounds": max((recs[-1].round for recs in run.nodes.values() if recs), default=0),
         "wall_s": _wall_s(run),
     }
 
@@ -174,24 +170,24 @@ def _wall_s(run: Run) -> float | None:
     # run.json may carry the measured wall time; otherwise the slowest node's sum of round times.
     if _num(run.meta.get("wall_s")) is not None:
         return float(run.meta["wall_s"])
-    sums = [sum(_num(r.get("round_s")) or 0.0 for r in recs) for recs in run.nodes.values() if recs]
+    sums = [sum(_num(r.round_s) or 0.0 for r in recs) for recs in run.nodes.values() if recs]
     return max(sums) if sums and any(sums) else None
 
 
 def curve(run: Run, metric: str) -> tuple[list[int], list[float], list[float]]:
     """Per round: (round, cumulative bytes sent per node, metric), both means over the nodes of that round."""
     cum: dict[str, float] = {n: 0.0 for n in run.nodes}
-    by_round: dict[int, list[tuple[float, float | None]]] = {}
+    per_round: dict[int, list[tuple[float, float | None]]] = {}
     for node, recs in run.nodes.items():
         for r in recs:
-            cum[node] += _num(r.get("bytes_sent")) or 0.0
-            by_round.setdefault(r["round"], []).append((cum[node], _num(r.get(metric))))
+            cum[node] += _num(r.bytes_sent) or 0.0
+            per_round.setdefault(r.round, []).append((cum[node], _num(r.value(metric))))
     rounds, xs, ys = [], [], []
-    for t in sorted(by_round):
-        measured = [y for _, y in by_round[t] if y is not None]
+    for t in sorted(per_round):
+        measured = [y for _, y in per_round[t] if y is not None]
         if measured:
             rounds.append(t)
-            xs.append(statistics.fmean(x for x, _ in by_round[t]))
+            xs.append(statistics.fmean(x for x, _ in per_round[t]))
             ys.append(statistics.fmean(measured))
     return rounds, xs, ys
 
@@ -399,15 +395,15 @@ def write_report(runs: Sequence[Run], out: str | Path, metric: str) -> Path:
     """build_report for runs already loaded and a metric already resolved."""
     _matplotlib()  # fail before writing anything
     out = Path(out)
-    by_round = plot_metric_vs_round(runs, metric, out / f"{metric}_vs_round.png")
-    by_bytes = plot_metric_vs_bytes(runs, metric, out / f"{metric}_vs_bytes.png")
+    vs_round = plot_metric_vs_round(runs, metric, out / f"{metric}_vs_round.png")
+    vs_bytes = plot_metric_vs_bytes(runs, metric, out / f"{metric}_vs_bytes.png")
     text = (
         f"# fedpeer report: {metric}\n\n"
         f"{len(runs)} runs; final-round {metric_header(metric)} per site; bytes are protobuf bytes "
         "on the wire.\n\n"
         f"{markdown_table(runs, metric)}\n"
-        f"![{metric} vs round]({by_round.name})\n\n"
-        f"![{metric} vs bytes sent]({by_bytes.name})\n"
+        f"![{metric} vs round]({vs_round.name})\n\n"
+        f"![{metric} vs bytes sent]({vs_bytes.name})\n"
     )
     path = out / "report.md"
     path.write_text(text)

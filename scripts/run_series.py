@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from fedpeer import checkpoint
-from fedpeer.metrics import read_metrics
+from fedpeer.metrics import read_records
 
 
 def series(run: Path, nodes: list[str]) -> None:
-    recs = {n: {r["round"]: r for r in read_metrics(run / n / "metrics.jsonl")} for n in nodes}
+    recs = {n: {r.round: r for r in read_records(run / n / "metrics.jsonl")} for n in nodes}
     rounds = sorted(set().union(*[set(r) for r in recs.values()]))
     print("| round | " + " | ".join(f"{n} loss / eval / consensus" for n in nodes) + " | mean consensus |")
     print("|---" * (len(nodes) + 2) + "|")
@@ -28,8 +28,10 @@ def series(run: Path, nodes: list[str]) -> None:
             if r is None:
                 cells.append("—")
                 continue
-            cds.append(r["consensus_distance"])
-            cells.append(f"{_f(r['train_loss'])} / {_f(r.get('eval_loss'))} / {_f(r['consensus_distance'])}")
+            cds.append(r.consensus_distance)
+            cells.append(
+                f"{_f(r.train_loss)} / {_f(r.evaluation.get('eval_loss'))} / {_f(r.consensus_distance)}"
+            )
         print(f"| {t} | " + " | ".join(cells) + f" | {_f(sum(cds) / len(cds)) if cds else '—'} |")
 
 

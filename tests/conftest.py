@@ -14,8 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+from fedpeer.datasets.synth import DEMO_LABELS, demo_corpus  # noqa: E402
 from fedpeer.model.tiny import build_tiny_model  # noqa: E402
-from fedpeer.scenario.synth import DEMO_LABELS, demo_corpus  # noqa: E402
 
 
 def write_jsonl(path: Path, rows: Iterable[dict | str]) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fedpeer.node import Node
+from fedpeer.node import Node, build_node
 from fedpeer.scenario.spec import PreparedScenario, ScenarioSpec, parse_scenario, prepare
 from fedpeer.transport.base import Transport
 
@@ -79,4 +79,4 @@ def random_global_state(node: Node, seed: int) -> dict[str, torch.Tensor]:
 
 
 def make_nodes(prepared: PreparedScenario, transport: Callable[[], Transport]) -> list[Node]:
-    return [Node(cfg, transport()) for cfg in prepared.nodes]
+    return [build_node(cfg, transport()) for cfg in prepared.nodes]

@@ -138,7 +138,7 @@ linger_s = 0.1
 
 
 def test_status_of_a_live_node(tmp_path):
-    from fedpeer.node import Node
+    from fedpeer.node import build_node
     from fedpeer.scenario.runner import free_loopback_addresses
     from fedpeer.scenario.spec import node_names, prepare
     from fedpeer.transport.grpc_transport import GrpcTransport
@@ -146,8 +146,8 @@ def test_status_of_a_live_node(tmp_path):
 
     spec = tiny_spec(nodes=2, topology="complete")
     cfg = prepare(spec, tmp_path, free_loopback_addresses(node_names(spec))).nodes[0]
-    node = Node(cfg, GrpcTransport())
-    node.address = node.transport.serve(cfg.listen, node)
+    node = build_node(cfg, GrpcTransport())
+    node.address = node.transport.serve(cfg.listen, node.service)
     try:
         r = invoke("status", node.address, "--json")
         assert r.exit_code == 0, r.output

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from fedpeer import checkpoint
 from fedpeer.config import AdapterConfig, ModelConfig, dump_toml, load_node_config
+from fedpeer.datasets.synth import DEMO_LABELS, demo_corpus
 from fedpeer.errors import ModelError
 from fedpeer.model import build_tiny_model, export_peft, load_dual_lora
-from fedpeer.scenario.synth import DEMO_LABELS, demo_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -217,7 +217,7 @@ def test_overrides_reach_the_node(tmp_path: Path, monkeypatch, keep_sigterm_hand
         def run(self) -> None:
             pass
 
-    monkeypatch.setattr(fedpeer.node, "Node", FakeNode)
+    monkeypatch.setattr(fedpeer.node, "build_node", FakeNode)
     config = write_config(tmp_path, tmp_path)
     r = invoke("node", "run", "--config", config, "--rounds", "3", "--device", "cpu", "--allow-solo")
     assert r.exit_code == 0, r.output

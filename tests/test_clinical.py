@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from fedpeer.model.tiny import build_tiny_model
-from fedpeer.scenario.clinical import (
+from fedpeer.datasets.clinical import (
     CLINICAL_LABELS,
     HOUSE_PHRASES,
     SECTIONS,
@@ -25,6 +24,7 @@ from fedpeer.scenario.clinical import (
     write_clinical_sites,
     write_pooled,
 )
+from fedpeer.model.tiny import build_tiny_model
 from fedpeer.train.data import read_jsonl
 
 

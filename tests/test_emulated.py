@@ -10,7 +10,7 @@ from fedpeer.errors import ConfigError, PeerUnavailable
 from fedpeer.gossip.topology import build_topology
 from fedpeer.gossip.weights import metropolis_hastings
 from fedpeer.metrics import read_metrics
-from fedpeer.node import Node
+from fedpeer.node import Node, build_node
 from fedpeer.transport.emulated import EmulatedTransport, emulate_links, link_state, wire_size
 from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
 from fedpeer.wire.frames import AckInfo, Frame, FrameKind, PeerInfo
@@ -221,7 +221,7 @@ def test_faults_must_fit_the_topology(tmp_path, fault, message):
 def emulated_nodes(prepared) -> list[Node]:
     """Nodes over one in-memory network, each behind its scenario links (as run_inprocess does)."""
     net = MemoryNetwork()
-    return [Node(cfg, emulate_links(MemoryTransport(net), cfg)) for cfg in prepared.nodes]
+    return [build_node(cfg, emulate_links(MemoryTransport(net), cfg)) for cfg in prepared.nodes]
 
 
 def test_partition_heals_and_the_mesh_converges(tmp_path):

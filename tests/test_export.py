@@ -11,8 +11,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from fedpeer.config import AdapterConfig, ModelConfig
+from fedpeer.datasets.synth import DEMO_LABELS
 from fedpeer.model import export_peft, load_dual_lora
-from fedpeer.scenario.synth import DEMO_LABELS
 
 TEXTS = ["small left pleural effusion .", "no acute cardiopulmonary process", "hx fever"]
 

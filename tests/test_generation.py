@@ -10,9 +10,9 @@ import torch
 
 import fedpeer.train.loop as loop
 from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
+from fedpeer.datasets.clinical import clinical_corpus, write_clinical_sites
 from fedpeer.model import load_dual_lora
 from fedpeer.model.tiny import build_tiny_model
-from fedpeer.scenario.clinical import clinical_corpus, write_clinical_sites
 from fedpeer.train import LocalTrainer
 from fedpeer.train.metrics import lcs_length, macro_f1, rouge_l
 

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fedpeer import PROTOCOL_VERSION
 from fedpeer.codec import DecodeLimits, get_codec
 from fedpeer.errors import FrameRejected, HandshakeError, PeerUnavailable
-from fedpeer.node import Node
+from fedpeer.node import build_node
 from fedpeer.proto.v1 import mesh_pb2 as pb
 from fedpeer.proto.v1 import mesh_pb2_grpc as pb_grpc
 from fedpeer.scenario.runner import free_loopback_addresses
@@ -147,12 +147,12 @@ def test_mismatched_fingerprint_is_refused_on_both_sides(tmp_path, caplog):
     prepared = prepare(spec, tmp_path, free_loopback_addresses(["node0", "node1"]))
     cfg_a, cfg_b = prepared.nodes
     cfg_b = dataclasses.replace(cfg_b, adapter=dataclasses.replace(cfg_b.adapter, mesh_seed=7))
-    a, b = Node(cfg_a, GrpcTransport()), Node(cfg_b, GrpcTransport())
+    a, b = build_node(cfg_a, GrpcTransport()), build_node(cfg_b, GrpcTransport())
     try:
-        b.address = b.transport.serve(cfg_b.listen, b)
+        b.address = b.transport.serve(cfg_b.listen, b.service)
         caplog.set_level(logging.INFO)
-        peer = a.peers["node1"]
-        a.handshake(peer)
+        peer = a.neighbours.peers["node1"]
+        a.neighbours.handshake(peer)
         assert peer.info is None
         assert "mesh_seed" in peer.problem and "node1 refused the handshake" in peer.problem.replace(
             cfg_b.listen, "node1"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fedpeer.datasets.clinical import CLINICAL_LABELS, write_clinical_sites
 from fedpeer.model.tiny import build_tiny_model
-from fedpeer.scenario.clinical import CLINICAL_LABELS, write_clinical_sites
 
 ROOT = Path(__file__).resolve().parent.parent
 

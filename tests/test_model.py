@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import fedpeer
 from fedpeer.config import AdapterConfig, ModelConfig
+from fedpeer.datasets.synth import DEMO_LABELS, demo_corpus
 from fedpeer.errors import ModelError
 from fedpeer.model import DualLora, build_tiny_model, load_dual_lora, resolve_device
-from fedpeer.scenario.synth import DEMO_LABELS, demo_corpus
 
 CPU = torch.device("cpu")
 

@@ -13,7 +13,7 @@ import pytest
 
 from fedpeer.errors import PeerUnavailable, TrainedAlone
 from fedpeer.metrics import read_metrics
-from fedpeer.node import Node
+from fedpeer.node import build_node
 from fedpeer.scenario.runner import free_loopback_addresses, write_node_config
 from fedpeer.scenario.spec import node_names, prepare
 from fedpeer.transport.grpc_transport import GrpcTransport
@@ -35,7 +35,7 @@ def _with_gossip(cfg, **changes):
 
 def test_a_node_that_never_hears_a_neighbour_says_it_trained_alone(tmp_path, caplog):
     prepared = prepared_memory(tiny_spec(nodes=2, gossip=QUICK_JOIN), tmp_path)
-    node = Node(prepared.nodes[0], MemoryTransport(MemoryNetwork()))  # node1 never comes up
+    node = build_node(prepared.nodes[0], MemoryTransport(MemoryNetwork()))  # node1 never comes up
     with (
         caplog.at_level(logging.INFO, logger="fedpeer.node"),
         pytest.raises(TrainedAlone, match=r"node0 trained alone: .*node1: not reachable.*--allow-solo"),
@@ -52,7 +52,7 @@ def test_allow_solo_lets_a_lone_node_finish(tmp_path, caplog):
     prepared = prepared_memory(tiny_spec(nodes=2, gossip=QUICK_JOIN), tmp_path)
     cfg = _with_gossip(prepared.nodes[0], allow_solo=True)
     with caplog.at_level(logging.INFO, logger="fedpeer.node"):
-        Node(cfg, MemoryTransport(MemoryNetwork())).run()
+        build_node(cfg, MemoryTransport(MemoryNetwork())).run()
     assert "trained alone" in caplog.text and "allowed by gossip.allow_solo" in caplog.text
     assert "node0 finished: ran all 2 rounds" in caplog.text
 
@@ -62,7 +62,7 @@ def test_a_refused_handshake_is_said_once_as_refused(tmp_path, caplog):
     other_seed = dataclasses.replace(prepared.nodes[1].adapter, mesh_seed=7)
     cfgs = [prepared.nodes[0], dataclasses.replace(prepared.nodes[1], adapter=other_seed)]
     net = MemoryNetwork()
-    nodes = [Node(cfg, MemoryTransport(net)) for cfg in cfgs]
+    nodes = [build_node(cfg, MemoryTransport(net)) for cfg in cfgs]
     with caplog.at_level(logging.INFO, logger="fedpeer.node"), pytest.raises(TrainedAlone, match="refused"):
         run_threads(nodes)
     lines = caplog.text.splitlines()

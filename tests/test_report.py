@@ -83,7 +83,7 @@ def test_restarted_node_keeps_the_later_record_of_a_round(tmp_path):
     d = write_run(tmp_path, "r", {"a": 0.3})
     (d / "a" / "metrics.jsonl").open("a").write(json.dumps({"round": 3, "macro_f1": 0.8, "bytes_sent": 10}))
     run = load_run(d)
-    assert [r["round"] for r in run.nodes["a"]] == [1, 2, 3]
+    assert [r.round for r in run.nodes["a"]] == [1, 2, 3]
     assert summarize_run(run, "macro_f1")["final"] == {"a": 0.8}
 
 

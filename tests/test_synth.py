@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from fedpeer.scenario.synth import DEMO_LABELS, site_label_mix, write_demo_sites
+from fedpeer.datasets.synth import DEMO_LABELS, site_label_mix, write_demo_sites
 
 
 def rows(path: Path) -> list[dict]:

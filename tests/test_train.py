@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
+from fedpeer.datasets.synth import DEMO_LABELS, write_demo_sites
 from fedpeer.errors import ConfigError, DataError
 from fedpeer.model import DualLora, load_dual_lora
-from fedpeer.scenario.synth import DEMO_LABELS, write_demo_sites
 from fedpeer.train import LocalTrainer, macro_f1, make_batch, read_jsonl, split_examples
 from fedpeer.train.data import IGNORE_INDEX, Example, split_prompt
 from fedpeer.train.loop import balanced_class_weights

@@ -22,9 +22,22 @@ def metropolis_hastings(deg_i: int, deg_j: int) -> float:
     return 1.0 / (1 + max(deg_i, deg_j))
 
 
-def neighbour_weights(degree: int, neighbour_degrees: Mapping[str, int]) -> dict[str, float]:
-    """Row i of W without the self weight: {neighbour id: w_ij}."""
-    return {j: metropolis_hastings(degree, d) for j, d in neighbour_degrees.items()}
+def neighbour_weights(
+    degree: int,
+    neighbour_degrees: Mapping[str, int],
+    pi: float = 1.0,
+    neighbour_pis: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """Row i of W without the self weight: {neighbour id: w_ij}, Metropolis-Hastings towards the
+    target distribution pi (uniform by default): w_ij = min(1, pi_j / pi_i) / (1 + max(d_i, d_j)).
+    Detailed balance (pi_i w_ij = pi_j w_ji) keeps sum_i pi_i x_i unchanged by mixing, so the mesh
+    converges to the pi-weighted average. A neighbour left out of the row (not heard this round)
+    keeps its weight with node i."""
+    pis = neighbour_pis or {}
+    return {
+        j: metropolis_hastings(degree, d) * min(1.0, pis.get(j, pi) / pi)
+        for j, d in neighbour_degrees.items()
+    }
 
 
 def mixing_matrix(graph: nx.Graph) -> tuple[torch.Tensor, list[str]]:

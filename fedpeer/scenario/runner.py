@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 from fedpeer.checkpoint import FILENAME as CHECKPOINT_FILE
 from fedpeer.config import NodeConfig, dump_toml, to_dict
+from fedpeer.metrics import EVAL_METRIC_NAMES, RoundRecord, by_round, read_records
 from fedpeer.metrics import FILENAME as METRICS_FILE
-from fedpeer.metrics import read_metrics
 from fedpeer.scenario.spec import PreparedScenario, ScenarioSpec, node_names, node_neighbours, prepare
 
 Echo = Callable[[str], None]
@@ -259,7 +259,7 @@ class MeshRunner:
 
     def rounds_done(self) -> dict[str, int]:
         return {
-            n: max((r["round"] for r in read_metrics(Path(cfg.state_dir) / METRICS_FILE)), default=0)
+            n: max((r.round for r in read_records(Path(cfg.state_dir) / METRICS_FILE)), default=0)
             for n, cfg in self.configs.items()
         }
 
@@ -297,12 +297,14 @@ def ProcessRunner(prepared: PreparedScenario, echo: Echo = print) -> MeshRunner:
 
 def run_inprocess(prepared: PreparedScenario, recorder: Any = None) -> list[dict[str, Any]]:
     """All nodes as threads of this process over the in-memory transport."""
-    from fedpeer.node import Node
+    from fedpeer.node import Node, build_node
     from fedpeer.transport.emulated import emulate_links
     from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
 
     net = MemoryNetwork()
-    nodes = [Node(cfg, emulate_links(MemoryTransport(net, recorder=recorder), cfg)) for cfg in prepared.nodes]
+    nodes = [
+        build_node(cfg, emulate_links(MemoryTransport(net, recorder=recorder), cfg)) for cfg in prepared.nodes
+    ]
     errors: list[BaseException] = []
 
     def run(node: Node) -> None:
@@ -333,51 +335,45 @@ def summarize_out(spec: ScenarioSpec, out_dir: str | Path) -> list[dict[str, Any
 
 
 def node_row(node: str, state_dir: Path, degree: int) -> dict[str, Any]:
-    recs = by_round(read_metrics(state_dir / METRICS_FILE))
-    last = recs[-1] if recs else {}
-    keys = ("train_loss", "eval_loss", "perplexity", "rouge_l", "accuracy", "macro_f1")
+    recs = by_round(read_records(state_dir / METRICS_FILE))
+    last = recs[-1] if recs else RoundRecord(round=0)
     return {
         "node": node,
         "rounds": len(recs),
-        "last_round": last.get("round", 0),
-        **{k: last.get(k) for k in keys},
-        "consensus_distance": last.get("consensus_distance"),
-        "global_norm": last.get("global_norm"),
+        "last_round": last.round,
+        "train_loss": last.train_loss,
+        **{k: last.evaluation.get(k) for k in EVAL_METRIC_NAMES},
+        "consensus_distance": last.consensus_distance,
+        "global_norm": last.global_norm,
         "consensus_relative": relative_consensus(last),  # consensus_distance / global_norm
-        "bytes_sent_per_round": _median([r.get("bytes_sent") for r in recs]),
-        "round_s": _median([r.get("round_s") for r in recs]),
+        "bytes_sent_per_round": _median([r.bytes_sent for r in recs]),
+        "round_s": _median([r.round_s for r in recs]),
         "degree": degree,
-        "neighbours_heard": sorted({j for r in recs for j in r.get("neighbours_heard") or ()}),
+        "neighbours_heard": sorted({j for r in recs for j in r.neighbours_heard or ()}),
         "trained_alone": trained_alone(recs),
     }
 
 
-def by_round(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records ordered by round; a node restarted from a checkpoint logs some rounds twice: the later wins."""
-    latest = {r["round"]: r for r in records if isinstance(r.get("round"), int)}
-    return [latest[k] for k in sorted(latest)]
-
-
-def trained_alone(records: list[dict[str, Any]]) -> bool:
+def trained_alone(records: list[RoundRecord]) -> bool:
     """No round of the run mixed any neighbour: the node never heard from the mesh."""
-    return bool(records) and all(r.get("neighbours_heard") == [] for r in records)
+    return bool(records) and all(r.neighbours_heard == [] for r in records)
 
 
-def relative_consensus(record: dict[str, Any]) -> float | None:
+def relative_consensus(record: RoundRecord) -> float | None:
     """Consensus distance as a fraction of the global adapter's norm; None when either is not measured
     (e.g. a round that mixed no neighbour has no consensus distance)."""
-    dist, norm = _num(record.get("consensus_distance")), _num(record.get("global_norm"))
+    dist, norm = _num(record.consensus_distance), _num(record.global_norm)
     return None if dist is None or not norm else dist / norm
 
 
 def progress_line(prepared: PreparedScenario, rnd: int, total: int, elapsed: float) -> str:
-    recs = []
+    recs: list[RoundRecord] = []
     for cfg in prepared.nodes:
-        recs += [r for r in by_round(read_metrics(Path(cfg.state_dir) / METRICS_FILE)) if r["round"] == rnd]
-    loss = _mean([r.get("train_loss") for r in recs])
-    ev = _mean([r.get("eval_loss") for r in recs])
+        recs += [r for r in by_round(read_records(Path(cfg.state_dir) / METRICS_FILE)) if r.round == rnd]
+    loss = _mean([r.train_loss for r in recs])
+    ev = _mean([r.evaluation.get("eval_loss") for r in recs])
     rel = _mean([relative_consensus(r) for r in recs])
-    sent = _mean([r.get("bytes_sent") for r in recs])
+    sent = _mean([r.bytes_sent for r in recs])
     consensus = MISSING if rel is None else f"{fmt_percent(rel)} of |x|"
     return (
         f"[{elapsed:6.1f}s] round {rnd}/{total}: mean train_loss {_fmt(loss)}  eval_loss {_fmt(ev)}  "

@@ -9,12 +9,15 @@ and an optional fault schedule. `prepare` turns it into one `NodeConfig` per nod
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import networkx as nx
 
 from fedpeer.config import (
     AdapterConfig,
@@ -46,8 +49,8 @@ class TinyModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    # "demo": small synthetic report-style sites (fedpeer.scenario.synth); "clinical": the
-    # heterogeneous multi-site generator (fedpeer.scenario.clinical); "files": `files` below.
+    # "demo": small synthetic report-style sites (fedpeer.datasets.synth); "clinical": the
+    # heterogeneous multi-site generator (fedpeer.datasets.clinical); "files": `files` below.
     generator: str = "demo"
     n_train: int = 200
     n_eval: int = 50
@@ -117,6 +120,13 @@ class ScenarioSpec:
     codec: CodecConfig = CodecConfig()
     faults: tuple[FaultSpec, ...] = ()
     source: str = ""  # the file it came from
+
+    @functools.cached_property
+    def graph(self) -> Any:
+        """The topology (a frozen networkx graph), built once per spec: every step of a run reads this one.
+
+        Raises ConfigError for a topology that cannot be built."""
+        return _build_graph(self)
 
 
 def load_scenario(path: str | Path) -> ScenarioSpec:
@@ -209,8 +219,8 @@ def prepare(
     say = echo or (lambda _: None)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    graph = _graph(spec)
-    names = sorted(graph.nodes, key=_node_order)
+    graph = spec.graph
+    names = node_names(spec)
     links = node_links(spec, graph, names, kernel_bandwidth)
     missing = [n for n in names if n not in addresses]
     if missing:
@@ -285,21 +295,20 @@ def spec_edges(graph: Any) -> str:
 
 
 def node_names(spec: ScenarioSpec) -> list[str]:
-    return sorted(_graph(spec).nodes, key=_node_order)
+    return sorted(spec.graph.nodes, key=_node_order)
 
 
 def node_neighbours(spec: ScenarioSpec) -> dict[str, list[str]]:
     """Each node's neighbours in the topology, nodes in order."""
-    graph = _graph(spec)
-    return {n: neighbours(graph, n) for n in sorted(graph.nodes, key=_node_order)}
+    return {n: neighbours(spec.graph, n) for n in node_names(spec)}
 
 
-def _graph(spec: ScenarioSpec) -> Any:
+def _build_graph(spec: ScenarioSpec) -> Any:
     for i, e in enumerate(spec.edges):
         if len(e) != 2:
             raise ConfigError(f"edges[{i}] must be a pair of node names, got {list(e)}")
     edges = [(a, b) for a, b in spec.edges]
-    return build_topology(spec.topology, spec.nodes, seed=spec.topology_seed, edges=edges)
+    return nx.freeze(build_topology(spec.topology, spec.nodes, seed=spec.topology_seed, edges=edges))
 
 
 def _node_order(name: str) -> tuple[int, str]:
@@ -314,7 +323,7 @@ def _data_files(spec: ScenarioSpec, out: Path, names: list[str]) -> dict[str, tu
         base = Path(spec.source).parent if spec.source else Path.cwd()
         return {n: ((base / f).resolve(), None) for n, f in zip(names, spec.data.files, strict=True)}
     if spec.data.generator == "clinical":
-        from fedpeer.scenario.clinical import write_clinical_sites
+        from fedpeer.datasets.clinical import write_clinical_sites
 
         sites = write_clinical_sites(
             out / "data",
@@ -326,7 +335,7 @@ def _data_files(spec: ScenarioSpec, out: Path, names: list[str]) -> dict[str, tu
             n_eval=spec.data.n_eval,
         )
     else:
-        from fedpeer.scenario.synth import write_demo_sites
+        from fedpeer.datasets.synth import write_demo_sites
 
         sites = write_demo_sites(
             out / "data",
@@ -344,11 +353,11 @@ def _model_config(
 ) -> ModelConfig:
     model = spec.model
     if spec.model.task == "seq-cls" and not model.labels and spec.data.generator == "demo":
-        from fedpeer.scenario.synth import DEMO_LABELS
+        from fedpeer.datasets.synth import DEMO_LABELS
 
         model = dataclasses.replace(model, labels=tuple(DEMO_LABELS))
     if spec.model.task == "seq-cls" and not model.labels and spec.data.generator == "clinical":
-        from fedpeer.scenario.clinical import CLINICAL_LABELS
+        from fedpeer.datasets.clinical import CLINICAL_LABELS
 
         model = dataclasses.replace(model, labels=tuple(CLINICAL_LABELS))
     if spec.tiny_model is None:

@@ -21,6 +21,9 @@ log() { echo "[build_wheelhouse] $*"; }
   || log "warning: $PYTHON is not Python 3.11; the wheels may not install in a bookworm image"
 mkdir -p "$WHEELHOUSE"
 rm -f "$WHEELHOUSE"/fedpeer-*.whl   # always rebuilt from this checkout
+# setuptools copies into build/lib and never removes what is gone from the tree: a module that was
+# moved would still ship (and shadow its new package) in the wheel.
+rm -rf build
 start=$(date +%s)
 log "building fedpeer and downloading its dependencies into $WHEELHOUSE (torch pinned by $TORCH_CONSTRAINTS)"
 # --find-links on the wheelhouse itself: wheels already there are reused, a rerun is quick.

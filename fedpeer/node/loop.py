@@ -1,0 +1,273 @@
+"""A fedpeer node: the round loop.
+
+One round t, as data flows (`run_round` reads in this order):
+
+1. train     local data -> both adapters, `steps_per_round` optimizer steps
+2. encode    q = x - x_hat_self of the global adapter; codec; x_hat_self += decoded q; seq += 1
+3. send      one frame (header + <= 1 MiB chunks) to every neighbour, in parallel, with a deadline
+4. receive   wait until every neighbour we could reach has delivered its round-t frame, or the
+             round deadline passes (transport threads decode and queue frames meanwhile)
+5. apply     queued q_j -> x_hat_j exactly once, in seq order; resync gaps/restarts by snapshot
+6. mix       x += gamma * sum_j w_ij (x_hat_j - x_hat_self) over neighbours heard this round
+7. evaluate, checkpoint (atomic), metrics
+
+The rooms: `neighbours.py` (peer table, handshakes, sends, snapshots), `service.py` (what transport
+threads call), `state.py` (checkpoint and resume), `gossip/` (CHOCO state and math), `build.py`
+(assembly). Rules for slow, dead and restarted neighbours: docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from fedpeer import PROTOCOL_VERSION
+from fedpeer.codec import Codec, DecodeLimits, available_codecs, get_codec
+from fedpeer.config import NodeConfig
+from fedpeer.errors import TrainedAlone
+from fedpeer.gossip import choco
+from fedpeer.gossip.copies import PublicCopies
+from fedpeer.gossip.sender import SenderState
+from fedpeer.metrics import MetricsWriter, RoundRecord
+from fedpeer.model.dual_lora import DualLora
+from fedpeer.node import state
+from fedpeer.node.neighbours import SNAPSHOT_CODEC, Neighbours
+from fedpeer.node.record import RoundOutcome, Timer, round_line, round_record
+from fedpeer.node.service import IoCounters, NodeService
+from fedpeer.tensors import State
+from fedpeer.train.loop import LocalTrainer
+from fedpeer.transport.base import Transport
+from fedpeer.wire.frames import Frame, FrameKind, PeerInfo, decode_frame, encode_frame
+
+log = logging.getLogger("fedpeer.node")
+
+
+class Node:
+    """One site's node. Build it with `build_node(cfg, transport)` (loads the model, resumes)."""
+
+    def __init__(
+        self, cfg: NodeConfig, transport: Transport, dual: DualLora, trainer: LocalTrainer, codec: Codec
+    ) -> None:
+        self.cfg, self.transport = cfg, transport
+        self.dual, self.trainer, self.codec = dual, trainer, codec
+        self.device = dual.device
+        self.snapshot_codec = get_codec(SNAPSHOT_CODEC, zstd_level=cfg.codec.zstd_level)
+        self.limits = DecodeLimits(max_payload_bytes=int(cfg.codec.max_payload_mb * 2**20))
+        self.specs = dual.global_specs()
+        zeros = dual.global_state()
+        self.sender = SenderState(zeros)
+        self.neighbours = Neighbours(cfg, transport, self.me, dual.fingerprint_fields(), dual.fingerprint())
+        self.copies = PublicCopies(zeros, list(self.neighbours.peers), cfg.gossip.max_rounds_ahead)
+        self.io = IoCounters()
+        self.service = NodeService(self)
+        self.metrics = MetricsWriter(cfg.state_dir)
+        self.completed_round = 0
+        self.rounds_run = 0  # by this process (a node that catches up skips rounds)
+        self.heard_any = False  # from any neighbour, in any round of this process
+        self.phase = "starting"
+        self.last_loss = self.last_distance = self.last_eval_loss = math.nan
+        self.address = ""
+
+    # ================================================================ the round loop
+    def run(self) -> None:
+        """Serve, join the mesh, run the remaining rounds, linger briefly, stop."""
+        self.address = self.transport.serve(self.cfg.listen, self.service)
+        log.info(
+            "%s listening on %s (epoch %s, %d global params, fingerprint %s)",
+            self.cfg.node_id,
+            self.address,
+            self.sender.epoch,
+            sum(s.numel for s in self.specs),
+            self.dual.fingerprint(),
+        )
+        try:
+            t = self.join() + 1
+            while t <= self.cfg.gossip.rounds:
+                self.run_round(t)
+                t = self.next_round(t)
+            self.phase = "done"
+            log.info(self.finished_line())
+            time.sleep(self.cfg.gossip.linger_s)  # serve snapshots to slower neighbours
+        finally:
+            self.close()
+        self.check_not_alone()
+
+    def run_round(self, t: int) -> RoundRecord:
+        timer = Timer()
+
+        self.phase = "training"
+        with timer.span("train"):
+            self.last_loss = self.trainer.train_round()
+
+        self.phase = "encoding"
+        self.sender.pi = self.round_pi()
+        with timer.span("encode"):
+            x = self.dual.global_state()
+            frame = self.encode_update(
+                t, self.sender.difference(x), self.neighbours.codec_for_all(self.codec, self.snapshot_codec)
+            )
+
+        self.phase = "exchanging"
+        with timer.span("transfer"):
+            sent = self.neighbours.broadcast(frame)
+            deadline = time.monotonic() + self.cfg.gossip.round_timeout_s
+            self.copies.wait_for_round(t, set(sent.reached), deadline)
+
+        self.phase = "mixing"
+        with timer.span("mix"):
+            resynced = self.apply_received(t)
+            heard = [j for j in self.copies.fresh(t) if self.neighbours.peers[j].info is not None]
+            w = self.neighbours.weights(heard, self.sender.pi, self.copies.mix_weights(heard))
+            x_new = choco.mix(x, self.sender.x_hat, self.copies.x_hats(heard), w, self.cfg.gossip.gamma)
+            self.dual.set_global_state(x_new)
+            # No neighbour mixed: no distance measured (0.0 would read as perfect consensus).
+            self.last_distance = (
+                choco.consensus_distance(x_new, self.copies.x_hats(heard)) if heard else math.nan
+            )
+            self.heard_any = self.heard_any or bool(heard)
+
+        self.phase = "evaluating"
+        with timer.span("eval"):
+            evaluation = self.trainer.evaluate()
+        self.last_eval_loss = evaluation.get("eval_loss", math.nan)
+
+        self.completed_round = t
+        self.rounds_run += 1
+        with timer.span("checkpoint"):
+            state.save(self)
+        outcome = RoundOutcome(
+            self.cfg.node_id,
+            t,
+            self.last_loss,
+            evaluation,
+            frame,
+            sent,
+            heard,
+            resynced,
+            self.last_distance,
+            self.sender.pi,
+            self.dual.global_state(),
+        )
+        record = round_record(outcome, timer, self.io.take(t))
+        self.metrics.write(record)
+        log.info(round_line(self.cfg.gossip.rounds, self.neighbours.degree, record))
+        return record
+
+    def next_round(self, t: int) -> int:
+        """t + 1, or the round a neighbour already sends updates for if it is so far ahead that we
+        refused its frames (e.g. after our restart): waiting there would hold the neighbourhood back.
+        A smaller lag (say the two sides of a healed partition) closes by itself: those frames are
+        queued, and the neighbour waits for ours."""
+        ahead = self.copies.highest_round_seen
+        if ahead <= t + self.copies.max_ahead:
+            return t + 1
+        log.info("%s: neighbours are at round %d after our round %d: catching up", self.cfg.node_id, ahead, t)
+        self.copies.set_round(ahead)
+        return ahead
+
+    def join(self) -> int:
+        """Meet the neighbours; returns the round to continue after: ours, or the mesh's if we are
+        behind (a restarted node catches up)."""
+        self.phase = "joining"
+        mesh_round = max(self.neighbours.join(), self.completed_round)
+        if mesh_round > self.completed_round:
+            log.info(
+                "%s: the mesh is at round %d, we completed %d: catching up",
+                self.cfg.node_id,
+                mesh_round,
+                self.completed_round,
+            )
+        self.completed_round = mesh_round
+        self.copies.set_round(mesh_round)
+        return mesh_round
+
+    # ================================================================ steps of a round
+    def encode_update(self, t: int, q: State, codec: Codec) -> Frame:
+        """Encode q as update seq + 1; the sender state adds what the receivers will decode."""
+        frame = encode_frame(
+            q,
+            codec,
+            sender=self.cfg.node_id,
+            epoch=self.sender.epoch,
+            kind=FrameKind.UPDATE,
+            round=t,
+            seq=self.sender.seq + 1,
+            mix_weight=self.sender.pi,
+        )
+        self.sender.commit(t, decode_frame(frame, self.specs, self.limits, [codec.name]))
+        return frame
+
+    def apply_received(self, t: int) -> list[str]:
+        """Apply queued updates of rounds <= t; pull snapshots where an update was lost."""
+        needing = self.copies.apply_through(t)
+        for j in needing:
+            self.resync(j)
+        if needing:
+            self.copies.apply_through(t)
+        return needing
+
+    def resync(self, j: str) -> None:
+        snap = self.neighbours.fetch_snapshot(j, self.specs, self.limits)
+        if snap is None:
+            return
+        x_hat = {k: v.to(self.device) for k, v in snap.x_hat.items()}
+        self.copies.install_snapshot(j, snap.epoch, snap.round, snap.seq, x_hat, mix_weight=snap.mix_weight)
+        self.io.count(snap.round, bytes_received=snap.wire_bytes)
+        log.info(
+            "%s: resynced %s from its snapshot (seq %d, round %d)", self.cfg.node_id, j, snap.seq, snap.round
+        )
+
+    def round_pi(self) -> float:
+        """This round's pi_i for gossip.weighting (1.0 for plain Metropolis-Hastings)."""
+        w = self.cfg.gossip.weighting
+        if w == "data-size":
+            return float(self.trainer.train_size)
+        if w == "val-loss" and math.isfinite(self.last_eval_loss):
+            # Fed-MedLoRA+: sites whose adapter fits their data better weigh more.
+            return math.exp(1.0 - self.last_eval_loss)
+        return 1.0
+
+    def me(self) -> PeerInfo:
+        """Our handshake, as of now."""
+        return PeerInfo(
+            node_id=self.cfg.node_id,
+            protocol_version=PROTOCOL_VERSION,
+            fingerprint=self.dual.fingerprint(),
+            fingerprint_fields=self.dual.fingerprint_fields(),
+            codecs=tuple(available_codecs()),
+            round=self.completed_round,
+            degree=self.neighbours.degree,
+            epoch=self.sender.epoch,
+            address=self.address or self.cfg.address,
+        )
+
+    # ================================================================ the end of a run
+    def finished_line(self) -> str:
+        total, ran = self.cfg.gossip.rounds, self.rounds_run
+        if ran == total:
+            return f"{self.cfg.node_id} finished: ran all {total} rounds"
+        return (
+            f"{self.cfg.node_id} finished at round {self.completed_round}/{total}: ran {ran} rounds "
+            f"in this run ({self.completed_round - ran} done before a restart or skipped catching up)"
+        )
+
+    def check_not_alone(self) -> None:
+        """A node that ran rounds but never heard from a neighbour trained alone: a mesh that did not
+        form must not pass for a working one (unless gossip.allow_solo asks for it)."""
+        peers = self.neighbours.peers
+        if self.rounds_run == 0 or self.heard_any or not peers:
+            return
+        why = "; ".join(f"{p.id}: {p.problem or 'never sent an update'}" for p in peers.values())
+        msg = f"{self.cfg.node_id} trained alone: it never heard from any neighbour ({why})"
+        if self.cfg.gossip.allow_solo:
+            log.warning("%s (allowed by gossip.allow_solo)", msg)
+            return
+        raise TrainedAlone(
+            f"{msg}. Check the neighbours' addresses, that they run, and that they use the same model "
+            "config; pass --allow-solo (gossip.allow_solo = true) to train without a mesh on purpose"
+        )
+
+    def close(self) -> None:
+        self.neighbours.close()
+        self.transport.close()

@@ -1,0 +1,69 @@
+"""A node's state on disk: one atomic checkpoint per round (fedpeer/checkpoint.py), and resuming
+from it. Everything a round changes is in it: both adapters, x̂_self and its seq, every public copy,
+the optimizer, the RNG, the round."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from fedpeer import checkpoint
+from fedpeer.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from fedpeer.node.loop import Node
+
+log = logging.getLogger("fedpeer.node")
+
+
+def save(node: Node) -> None:
+    copies, copies_meta = node.copies.export()
+    x_hat_self, sender_meta = node.sender.export()
+    groups: dict[str, dict[str, torch.Tensor]] = {
+        "adapter": node.dual.adapter_state(),
+        "self": x_hat_self,
+        "train": node.trainer.state_tensors(),
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    groups.update({f"copy.{j}": s for j, s in copies.items()})
+    meta = {
+        "node_id": node.cfg.node_id,
+        "round": node.completed_round,
+        **sender_meta,  # seq, sent_round, pi
+        # JSON has no NaN: None until the first evaluation.
+        "last_eval_loss": node.last_eval_loss if math.isfinite(node.last_eval_loss) else None,
+        "fingerprint": node.dual.fingerprint(),
+        "copies": copies_meta,
+        "trainer": node.trainer.state_meta(),
+    }
+    checkpoint.save(node.cfg.state_dir, checkpoint.flatten(groups), meta)
+
+
+def resume(node: Node) -> None:
+    """Continue from STATE_DIR's checkpoint, if there is one (with a new epoch)."""
+    ck = checkpoint.load(node.cfg.state_dir)
+    if ck is None:
+        return
+    if ck.meta.get("fingerprint") != node.dual.fingerprint():
+        raise CheckpointError(
+            f"{node.cfg.state_dir} holds a checkpoint of another model or adapter "
+            "config; point state_dir at a new directory, or move the old one away"
+        )
+    node.dual.load_adapter_state(ck.group("adapter"))
+    node.sender.restore(ck.group("self"), ck.meta)
+    node.trainer.load_state(ck.group("train"), ck.meta["trainer"])
+    torch.set_rng_state(ck.group("rng")["torch"])
+    node.copies.restore({j: ck.group(f"copy.{j}") for j in node.neighbours.peers}, ck.meta["copies"])
+    node.completed_round = int(ck.meta["round"])
+    node.last_eval_loss = float(ck.meta.get("last_eval_loss") or math.nan)
+    node.copies.set_round(node.completed_round)
+    log.info(
+        "%s: resumed from %s at round %d (seq %d)",
+        node.cfg.node_id,
+        node.cfg.state_dir,
+        node.completed_round,
+        node.sender.seq,
+    )
