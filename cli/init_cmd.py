@@ -1,4 +1,4 @@
-"""`fedpeer init`: write a commented node config for a site to edit (`fedpeer.settings` renders it)."""
+"""`fedpeer init`: write a commented node config for a site to edit (`fedpeer.config.template`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 from fedpeer_cli.common import friendly_errors
 
-from fedpeer.config import ModelConfig, NodeConfig, PeerConfig, TrainConfig
+from fedpeer.config import ModelConfig, NodeConfig, PeerConfig, TrainConfig, render_template
 from fedpeer.errors import ConfigError
-from fedpeer.settings import render_template
 
 
 @friendly_errors

@@ -261,7 +261,7 @@ OPTIONAL_COLUMNS = frozenset(m.name for m in EVAL_METRICS if not m.every_task)
 def summary_table(rows: list[dict[str, Any]], rounds: int) -> Any:
     from rich.table import Table
 
-    from fedpeer.scenario.runner import MISSING, fmt_kb, fmt_percent
+    from fedpeer.scenario.summary import MISSING, fmt_kb, fmt_percent
 
     cols = [
         (k, h)

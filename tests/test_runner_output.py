@@ -17,19 +17,10 @@ from typer.testing import CliRunner
 
 from fedpeer import checkpoint
 from fedpeer.config import NodeConfig, PeerConfig
-from fedpeer.scenario.runner import (
-    HEARTBEAT_S,
-    NODE_FILES,
-    QUIET_ENV,
-    MeshRunner,
-    checkpoint_round,
-    clear_run,
-    node_env,
-    previous_run,
-    progress_line,
-    summarize,
-)
+from fedpeer.scenario.rundir import NODE_FILES, checkpoint_round, clear_run, previous_run
+from fedpeer.scenario.runner import HEARTBEAT_S, QUIET_ENV, MeshRunner, node_env
 from fedpeer.scenario.spec import PreparedScenario, ScenarioSpec, TinyModelSpec, parse_scenario, prepare
+from fedpeer.scenario.summary import progress_line, summarize
 
 ROUNDS = 3
 RING3 = {"node0": ("node1", "node2"), "node1": ("node0", "node2"), "node2": ("node0", "node1")}

@@ -23,12 +23,12 @@ from fedpeer.config import (
     TrainConfig,
     load_node_config,
 )
-from fedpeer.settings import WIDTH, config_classes, help_of, render_template
+from fedpeer.config.template import WIDTH, config_classes, help_of, render_template
 
 CONFIG_CLASSES: list[type] = [
     c
     for c in vars(config).values()
-    if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == config.__name__
+    if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__.startswith(config.__name__ + ".")
 ]
 
 

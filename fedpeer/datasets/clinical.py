@@ -53,10 +53,50 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-CLINICAL_LABELS = ("normal", "effusion", "pneumonia", "cardiomegaly", "pneumothorax", "edema")
+from fedpeer.datasets.clinical_vocab import (
+    ABBREVIATIONS,
+    AMBIGUOUS,
+    CLINICAL_LABELS,
+    COMPARISONS,
+    DISTRACTORS,
+    EXAMS,
+    FINDINGS,
+    HEADERS,
+    HINTS,
+    HOUSE_LOCATIONS,
+    HOUSE_PHRASES,
+    IMPRESSION,
+    INDICATION_LABELS,
+    INDICATIONS,
+    LOCATIONS,
+    NEGATIONS,
+    NORMAL_IMPRESSION,
+    NORMAL_STATEMENTS,
+    ORDERS,
+    POSITIVE,
+    SECTIONS,
+    TERMS,
+    clinical_corpus,
+)
+
+__all__ = [
+    "AMBIGUOUS",
+    "CLINICAL_LABELS",
+    "HOUSE_PHRASES",
+    "SECTIONS",
+    "TASKS",
+    "SiteStyle",
+    "clinical_corpus",
+    "label_mix",
+    "report_sections",
+    "site_rows",
+    "site_style",
+    "write_clinical_sites",
+    "write_pooled",
+]
+# The tables (labels, terms, templates, ...) and clinical_corpus live in clinical_vocab.py (re-exported here).
+
 TASKS = ("causal-lm", "seq-cls")
-_FINDINGS = CLINICAL_LABELS[1:]
-SECTIONS = ("exam", "comparison", "findings", "impression")
 
 # Strength of each kind of heterogeneity (see the module docstring for why these values).
 SHARED_TERM_RATE = 0.3  # mentions that use the canonical term rather than the site's own synonym
@@ -64,169 +104,7 @@ HOUSE_RATE = 0.5  # reports of an ambiguous finding named only by the site's hou
 NEGATION_STYLE_RATE = 0.85  # negations in the site's usual form
 INDICATION_HINT_RATE = 0.3  # reports whose indication hints at the finding
 LABEL_NOISE = 0.05  # seq-cls labels replaced by another class
-
-# Terminology per finding: index 0 is canonical (every site), the rest the pool of site synonyms.
-_TERMS: dict[str, tuple[str, ...]] = {
-    "effusion": (
-        "pleural effusion",
-        "pleural fluid",
-        "layering fluid",
-        "blunting of the costophrenic angle",
-        "meniscus along the lateral chest wall",
-        "fluid in the pleural space",
-    ),
-    "pneumonia": (
-        "pneumonia",
-        "consolidation",
-        "airspace disease",
-        "infiltrate",
-        "air bronchograms",
-        "lobar airspace filling",
-    ),
-    "cardiomegaly": (
-        "cardiomegaly",
-        "enlarged cardiac silhouette",
-        "enlarged heart",
-        "increased cardiothoracic ratio",
-        "globular heart",
-        "prominent cardiac contour",
-    ),
-    "pneumothorax": (
-        "pneumothorax",
-        "visible pleural line",
-        "absent lung markings peripherally",
-        "apical lucency",
-        "collapsed lung",
-        "air in the pleural space",
-    ),
-    "edema": (
-        "pulmonary edema",
-        "vascular congestion",
-        "interstitial edema",
-        "kerley b lines",
-        "cephalization",
-        "fluid overload",
-    ),
-}
-_SITE_SYNONYMS = 2
-_LOCATIONS: dict[str, tuple[str, ...]] = {
-    "effusion": ("on the right", "on the left", "bilaterally", "at the left base", "at the right base"),
-    "pneumonia": (
-        "in the right lower lobe",
-        "in the left lower lobe",
-        "in the right middle lobe",
-        "in the lingula",
-        "in the left upper lobe",
-    ),
-    "cardiomegaly": ("",),
-    "pneumothorax": ("on the right", "on the left", "at the right apex", "at the left apex"),
-    "edema": ("bilaterally", "in a perihilar distribution", "in both lungs", ""),
-}
-# House phrases and the findings they can mean; their locations fit all three findings.
-HOUSE_PHRASES: tuple[str, ...] = ("opacity", "haziness", "shadowing")
-AMBIGUOUS: tuple[str, ...] = ("pneumonia", "edema", "effusion", "normal")
-_HOUSE_LOCATIONS = ("at the right base", "at the left base", "bilaterally", "in the right lower lung")
-
-_NEGATIONS = ("no {x}", "{x} is absent", "negative for {x}", "without evidence of {x}", "{x} is not seen")
-_POSITIVE = (
-    "there is {x} {loc}",
-    "{x} is seen {loc}",
-    "{x} is noted {loc}",
-    "findings of {x} {loc}",
-    "{x} identified {loc}",
-    "new {x} {loc}",
-    "{loc} there is {x}",
-)
-_IMPRESSION = (
-    "{x} {loc}",
-    "findings consistent with {x}",
-    "{x}, clinical correlation recommended",
-    "{x} {loc}, follow up advised",
-    "compatible with {x} {loc}",
-)
-_NORMAL_IMPRESSION = (
-    "no acute cardiopulmonary process",
-    "normal chest radiograph",
-    "no acute findings",
-    "unremarkable study",
-    "no active disease in the chest",
-)
-_NORMAL_STATEMENTS = (
-    "the lungs are clear",
-    "heart size is normal",
-    "the cardiomediastinal silhouette is within normal limits",
-    "lungs are well expanded and clear",
-)
-_DISTRACTORS = (
-    "the osseous structures are intact",
-    "degenerative changes of the thoracic spine",
-    "the mediastinum is within normal limits",
-    "the trachea is midline",
-    "surgical clips in the right upper quadrant",
-    "old healed rib fracture on the left",
-    "the hila are unremarkable",
-    "calcified granuloma in the right upper lobe",
-    "mild tortuosity of the aorta",
-    "stable appearance since the prior study",
-    "an endotracheal tube is in place",
-    "a right internal jugular line terminates in the svc",
-    "sternotomy wires are present",
-    "a nasogastric tube courses below the diaphragm",
-    "a left chest port is in place",
-    "cardiac pacemaker leads are unchanged",
-    "a right chest tube is in place",
-)
-_HEADERS: dict[str, tuple[str, ...]] = {
-    "exam": ("EXAM:", "EXAMINATION:", "STUDY:", "PROCEDURE:"),
-    "comparison": ("COMPARISON:", "PRIOR:", "COMPARED WITH:", "REFERENCE:"),
-    "findings": ("FINDINGS:", "REPORT:", "DESCRIPTION:", "OBSERVATIONS:"),
-    "impression": ("IMPRESSION:", "CONCLUSION:", "SUMMARY:", "OPINION:"),
-}
-_ORDERS = (
-    ("exam", "comparison", "findings", "impression"),
-    ("exam", "findings", "comparison", "impression"),
-    ("comparison", "exam", "findings", "impression"),
-    ("impression", "exam", "comparison", "findings"),
-    ("exam", "impression", "findings", "comparison"),
-)
-_EXAMS = (
-    "chest radiograph, pa and lateral",
-    "portable chest radiograph",
-    "chest x-ray, ap view",
-    "cxr, two views",
-    "single frontal view of the chest",
-)
-_INDICATION_LABELS = ("indication:", "history:", "clinical information:", "reason for exam:")
-_INDICATIONS = ("shortness of breath", "chest pain", "follow up", "cough", "weakness")
-_HINTS: dict[str, tuple[str, ...]] = {
-    "normal": ("preoperative evaluation", "routine screening"),
-    "effusion": ("decreased breath sounds",),
-    "pneumonia": ("fever and cough",),
-    "cardiomegaly": ("murmur on auscultation",),
-    "pneumothorax": ("sudden chest pain after trauma",),
-    "edema": ("heart failure with leg swelling",),
-}
-_COMPARISONS = ("none", "none available", "chest radiograph from yesterday", "radiograph dated last week")
-# Longest first, so "right lower lobe" becomes "RLL" before "right" becomes "rt".
-_ABBREVIATIONS: tuple[tuple[str, str], ...] = (
-    ("right lower lobe", "RLL"),
-    ("left lower lobe", "LLL"),
-    ("right middle lobe", "RML"),
-    ("left upper lobe", "LUL"),
-    ("endotracheal tube", "ETT"),
-    ("nasogastric tube", "NGT"),
-    ("internal jugular", "IJ"),
-    ("pleural effusion", "pl eff"),
-    ("pneumothorax", "PTX"),
-    ("cardiomegaly", "cmg"),
-    ("consolidation", "consol"),
-    ("pulmonary", "pulm"),
-    ("bilaterally", "bilat"),
-    ("history", "hx"),
-    ("without", "w/o"),
-    ("right", "rt"),
-    ("left", "lt"),
-)
+_SITE_SYNONYMS = 2  # each site's own synonyms per finding, drawn from the pool TERMS[finding][1:]
 
 
 @dataclass(frozen=True)
@@ -263,22 +141,22 @@ def site_style(site: int, seed: int = 0) -> SiteStyle:
     abbreviates = rng.random() < 0.5
     return SiteStyle(
         site=site,
-        headers={s: rng.choice(options) for s, options in _HEADERS.items()},
-        section_order=rng.choice(_ORDERS),
-        terms={f: tuple(rng.sample(_TERMS[f][1:], _SITE_SYNONYMS)) for f in _FINDINGS},
+        headers={s: rng.choice(options) for s, options in HEADERS.items()},
+        section_order=rng.choice(ORDERS),
+        terms={f: tuple(rng.sample(TERMS[f][1:], _SITE_SYNONYMS)) for f in FINDINGS},
         house={h: AMBIGUOUS[(i + site + offset) % len(AMBIGUOUS)] for i, h in enumerate(HOUSE_PHRASES)},
-        negation=rng.choice(_NEGATIONS),
-        positive_templates=tuple(rng.sample(_POSITIVE, 3)),
-        impression_templates=tuple(rng.sample(_IMPRESSION, 2)),
-        normal_impressions=tuple(rng.sample(_NORMAL_IMPRESSION, 2)),
-        normal_statements=tuple(rng.sample(_NORMAL_STATEMENTS, 2)),
-        exams=tuple(rng.sample(_EXAMS, 2)),
-        indication_label=rng.choice(_INDICATION_LABELS),
-        comparisons=tuple(rng.sample(_COMPARISONS, 2)),
-        distractors=tuple(rng.sample(_DISTRACTORS, 7)),
+        negation=rng.choice(NEGATIONS),
+        positive_templates=tuple(rng.sample(POSITIVE, 3)),
+        impression_templates=tuple(rng.sample(IMPRESSION, 2)),
+        normal_impressions=tuple(rng.sample(NORMAL_IMPRESSION, 2)),
+        normal_statements=tuple(rng.sample(NORMAL_STATEMENTS, 2)),
+        exams=tuple(rng.sample(EXAMS, 2)),
+        indication_label=rng.choice(INDICATION_LABELS),
+        comparisons=tuple(rng.sample(COMPARISONS, 2)),
+        distractors=tuple(rng.sample(DISTRACTORS, 7)),
         distractor_rate=rng.uniform(0.5, 2.0),
         numbered_impression=rng.random() < 0.4,
-        abbreviations=tuple(a for a in _ABBREVIATIONS if rng.random() < 0.7) if abbreviates else (),
+        abbreviations=tuple(a for a in ABBREVIATIONS if rng.random() < 0.7) if abbreviates else (),
     )
 
 
@@ -305,12 +183,12 @@ def _sentence(text: str) -> str:
 
 def _term(rng: random.Random, style: SiteStyle, finding: str) -> str:
     if rng.random() < SHARED_TERM_RATE:
-        return _TERMS[finding][0]
+        return TERMS[finding][0]
     return rng.choice(style.terms[finding])
 
 
 def _negation(rng: random.Random, style: SiteStyle, finding: str) -> str:
-    template = style.negation if rng.random() < NEGATION_STYLE_RATE else rng.choice(_NEGATIONS)
+    template = style.negation if rng.random() < NEGATION_STYLE_RATE else rng.choice(NEGATIONS)
     return _sentence(template.format(x=_term(rng, style, finding)))
 
 
@@ -323,10 +201,10 @@ def _house_phrase(rng: random.Random, style: SiteStyle, finding: str) -> str | N
 def _positive(rng: random.Random, style: SiteStyle, finding: str, house: str | None) -> tuple[str, str]:
     """(findings sentence, impression) naming `finding` in the site's words, or only by `house`."""
     if house:
-        term, impression_term, loc = house, house, rng.choice(_HOUSE_LOCATIONS)
+        term, impression_term, loc = house, house, rng.choice(HOUSE_LOCATIONS)
     else:
         term, impression_term = _term(rng, style, finding), _term(rng, style, finding)
-        loc = rng.choice(_LOCATIONS[finding])
+        loc = rng.choice(LOCATIONS[finding])
     found = _sentence(rng.choice(style.positive_templates).format(x=term, loc=loc))
     return found, _sentence(rng.choice(style.impression_templates).format(x=impression_term, loc=loc))
 
@@ -339,7 +217,7 @@ def _distractors(rng: random.Random, style: SiteStyle) -> list[str]:
 
 def _findings(rng: random.Random, style: SiteStyle, finding: str) -> tuple[list[str], str, bool]:
     """Findings sentences, impression, and whether the finding is named only by a house phrase."""
-    others = [f for f in _FINDINGS if f != finding]
+    others = [f for f in FINDINGS if f != finding]
     house = _house_phrase(rng, style, finding)
     if house:
         lead, impression = _positive(rng, style, finding, house)
@@ -362,7 +240,7 @@ def _findings(rng: random.Random, style: SiteStyle, finding: str) -> tuple[list[
 
 def _exam(rng: random.Random, style: SiteStyle, finding: str, hint: bool) -> str:
     hinted = hint and rng.random() < INDICATION_HINT_RATE
-    indication = rng.choice(_HINTS[finding] if hinted else _INDICATIONS)
+    indication = rng.choice(HINTS[finding] if hinted else INDICATIONS)
     return f"{_sentence(rng.choice(style.exams))} {_sentence(f'{style.indication_label} {indication}')}"
 
 
@@ -480,27 +358,3 @@ def write_pooled(
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_jsonl(out, rows)
     return out
-
-
-def clinical_corpus() -> list[str]:
-    """Every word any clinical site can write, as lines: enough to fit a tiny word-level tokenizer."""
-    pools = [
-        *(t for terms in _TERMS.values() for t in terms),
-        *(loc for locs in _LOCATIONS.values() for loc in locs),
-        *HOUSE_PHRASES,
-        *_HOUSE_LOCATIONS,
-        *(t.format(x="", loc="") for t in (*_NEGATIONS, *_POSITIVE, *_IMPRESSION)),
-        *_NORMAL_IMPRESSION,
-        *_NORMAL_STATEMENTS,
-        *_DISTRACTORS,
-        *(h for hs in _HEADERS.values() for h in hs),
-        *_EXAMS,
-        *_INDICATION_LABELS,
-        *_INDICATIONS,
-        *(h for hs in _HINTS.values() for h in hs),
-        *_COMPARISONS,
-        *(short for _, short in _ABBREVIATIONS),
-        "1. , :",
-        *CLINICAL_LABELS,
-    ]
-    return [p for p in pools if p.strip()]

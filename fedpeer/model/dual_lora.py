@@ -15,62 +15,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import math
-import warnings
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
-from peft import LoraConfig, LoraModel, PeftModel, get_peft_model
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
-from transformers.pytorch_utils import Conv1D
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import fedpeer
-from fedpeer.config import AdapterConfig, ModelConfig, hub_id_shaped, in_hub_cache, missing_model_dir
+from fedpeer.config import AdapterConfig, ModelConfig
 from fedpeer.errors import ModelError
+from fedpeer.model.adapters import (
+    GLOBAL,
+    LOCAL,
+    attach_adapters,
+    init_lora_a,
+    last_blocks,
+    resolve_targets,
+    strip_peft_prefix,
+)
+from fedpeer.model.base import HEAD_NAMES, find_head, init_head, load_base, resolve_device
 from fedpeer.tensors import TensorSpec
 
-log = logging.getLogger(__name__)
+# Loading the base model is in base.py, attaching the adapters in adapters.py (re-exported here).
+__all__ = ["GLOBAL", "HEAD_NAMES", "LOCAL", "DualLora", "load_dual_lora", "resolve_device"]
 
-GLOBAL, LOCAL = "global", "local"
-_PEFT_PREFIX = "base_model.model."
-HEAD_NAMES = ("classifier", "score", "classification_head")
-# Tried in order when the architecture is unknown to peft: attention projections of common families.
-_TARGET_CANDIDATES = (
-    ("q_proj", "v_proj"),
-    ("query", "value"),
-    ("c_attn",),
-    ("qkv_proj",),
-    ("Wqkv",),
-    ("query_key_value",),
-)
 # Leading elements of each base parameter hashed: cheap, yet another checkpoint or a re-init differs.
 _HASH_ELEMENTS = 256
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; anything else is parsed by torch and checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ModelError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(
-            f'device {name!r} asked for but CUDA is not available: set train.device = "cpu" or "auto"'
-        )
-    return device
 
 
 @dataclass(frozen=True)
@@ -107,7 +80,7 @@ class DualLora:
         self.head = roles.head
         self._roles = roles
         self._fields = dict(fields)
-        self._params = {_strip(n): p for n, p in model.named_parameters()}
+        self._params = {strip_peft_prefix(n): p for n, p in model.named_parameters()}
         _check_roles(roles, self._params)
 
     @property
@@ -201,223 +174,27 @@ def load_dual_lora(
     """
     # Loading draws random numbers (fresh heads, peft's default A init); keep the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
-        base, tokenizer, fresh_head = _load_base(model)
-        head = _find_head(base) if model.task == "seq-cls" else None
+        base, tokenizer, fresh_head = load_base(model)
+        head = find_head(base) if model.task == "seq-cls" else None
         if head is not None and fresh_head:
             # From the mesh seed even when private: sites' global adapters then start out learning for
             # the same head (seed 0-2 of benchmarks/hetero.py, dual/ring: 0.537 -> 0.554 macro-F1).
-            _init_head(base, head, f"{adapter.head}/{adapter.mesh_seed}")
+            init_head(base, head, f"{adapter.head}/{adapter.mesh_seed}")
         for p in base.parameters():
             p.requires_grad_(False)
-        targets = _resolve_targets(base, adapter.target_modules)
-        layers, pattern = _last_blocks(base, adapter.last_k_blocks)
+        targets = resolve_targets(base, adapter.target_modules)
+        layers, pattern = last_blocks(base, adapter.last_k_blocks)
         fields = _fingerprint_fields(base, tokenizer, model, adapter, targets, layers, head)
-        peft_model = _attach_adapters(base, adapter, targets, layers, pattern)
+        peft_model = attach_adapters(base, adapter, targets, layers, pattern)
         roles = _assign_roles(peft_model, adapter, head)
-        _init_lora_a(peft_model, f"{GLOBAL}/{adapter.mesh_seed}", f"{LOCAL}/{local_seed}")
+        init_lora_a(peft_model, f"{GLOBAL}/{adapter.mesh_seed}", f"{LOCAL}/{local_seed}")
     _set_trainable(peft_model, roles)
     peft_model.to(device)
     return DualLora(peft_model, tokenizer, device, model.task, roles, fields)
 
 
-# --- loading ----------------------------------------------------------------------------------------
-def _load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
-    """Base model, tokenizer, and whether the seq-cls head was freshly initialized (not in the checkpoint)."""
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, cfg.dtype), "output_loading_info": True}
-    if cfg.task == "seq-cls":
-        cls: Any = AutoModelForSequenceClassification
-        labels = dict(enumerate(cfg.labels))
-        # ignore_mismatched_sizes: a checkpoint's head for other classes is replaced by a fresh one.
-        kwargs.update(
-            num_labels=len(labels),
-            id2label=labels,
-            ignore_mismatched_sizes=True,
-            label2id={name: i for i, name in labels.items()},
-        )
-    else:
-        cls = AutoModelForCausalLM
-    hint = "Give a local model directory or a model id available offline (HF_HUB_OFFLINE=1 uses the cache)."
-    _check_model_path(cfg.path)
-    try:
-        base, info = cls.from_pretrained(cfg.path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.path)
-    except (OSError, ValueError, KeyError) as exc:
-        reason = str(exc).splitlines()[0].rstrip(".")
-        raise ModelError(f"cannot load model {cfg.path!r}: {reason}. {hint}") from None
-    _ensure_pad_token(base, tokenizer)
-    if not cfg.dropout:
-        _disable_dropout(base)
-    # mismatched_keys holds (name, checkpoint shape, model shape) tuples.
-    mismatched_head = [m for m in info["mismatched_keys"] if m[0].split(".")[0] in HEAD_NAMES]
-    if mismatched_head:
-        _warn_head_resized(cfg, mismatched_head)
-    reinit = [*info["missing_keys"], *(m[0] for m in info["mismatched_keys"])]
-    fresh_head = any(k.split(".")[0] in HEAD_NAMES for k in reinit)
-    return base, tokenizer, fresh_head
-
-
-def _check_model_path(path: str) -> None:
-    """Refuse at once a model path that exists nowhere, before transformers tries it on the hub
-    (a minute of retries when offline, then "couldn't connect"). A hub id `org/name` not in the
-    local cache is fetched only when the hub may be used (HF_HUB_OFFLINE unset)."""
-    missing = missing_model_dir(path, Path.cwd())
-    if missing is not None:
-        raise ModelError(
-            f"model.path {path!r}: no such directory: {missing} (a Hugging Face model id is org/name)"
-        )
-    if Path(path).expanduser().exists() or not hub_id_shaped(path) or in_hub_cache(path):
-        return
-    from huggingface_hub import constants
-
-    offline_fn = getattr(constants, "is_offline_mode", None)
-    offline = offline_fn() if offline_fn is not None else bool(constants.HF_HUB_OFFLINE)
-    local = (Path.cwd() / path).resolve()
-    if offline:
-        raise ModelError(
-            f"model.path {path!r}: no such directory ({local}), and no model {path!r} in the Hugging Face "
-            "cache (HF_HUB_OFFLINE is set, so it is not downloaded): give the model's directory"
-        )
-    log.info("model.path %r is not a directory (%s): fetching it from the Hugging Face hub", path, local)
-
-
-def _warn_head_resized(cfg: ModelConfig, mismatched: list[Any]) -> None:
-    """Say in fedpeer's words that model.labels does not fit the checkpoint's classification head."""
-    checkpoint_shape = tuple(mismatched[0][1])
-    outputs = checkpoint_shape[0] if checkpoint_shape else "?"
-    log.warning(
-        "model.labels has %d names but the checkpoint's head has %s outputs: the head is re-initialised "
-        "for %d labels (what it learned is not used)",
-        len(cfg.labels),
-        outputs,
-        len(cfg.labels),
-    )
-
-
-def _ensure_pad_token(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    # Batches are padded; a decoder-only tokenizer often has no pad token, and Llama's seq-cls head
-    # needs pad_token_id to find each row's last real token.
-    if tokenizer.pad_token is None:
-        fallback = tokenizer.eos_token or tokenizer.unk_token
-        if fallback is None:
-            raise ModelError("the tokenizer has no pad, eos or unk token to pad batches with")
-        tokenizer.pad_token = fallback
-    if base.config.pad_token_id is None:
-        base.config.pad_token_id = tokenizer.pad_token_id
-    # Training pads on the right so positions of real tokens do not depend on the batch's longest row.
-    tokenizer.padding_side = "right"
-
-
-def _disable_dropout(base: PreTrainedModel) -> None:
-    """p = 0 in every dropout layer, and in float `*dropout*` attributes that modules pass to functional
-    dropout (e.g. attention_dropout in Llama-style attention)."""
-    for module in base.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name, value in vars(module).items():
-            if "dropout" in name and isinstance(value, float):
-                setattr(module, name, 0.0)
-
-
-def _find_head(base: PreTrainedModel) -> str:
-    children = dict(base.named_children())
-    for name in HEAD_NAMES:
-        if name in children:
-            return name
-    raise ModelError(
-        f"no classification head found (looked for {', '.join(HEAD_NAMES)} among "
-        f"{', '.join(children)}); this architecture is not supported for seq-cls"
-    )
-
-
-def _init_head(base: PreTrainedModel, head: str, seed_text: str) -> None:
-    # A fresh head is the same on every site, like A_g.
-    std = getattr(base.config, "initializer_range", 0.02)
-    with torch.no_grad():
-        for name, p in base.get_submodule(head).named_parameters():
-            gen = _generator(f"head/{seed_text}/{head}.{name}")
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-            else:
-                p.zero_()
-
-
-# --- LoRA layout ------------------------------------------------------------------------------------
-def _resolve_targets(base: PreTrainedModel, requested: tuple[str, ...]) -> tuple[str, ...]:
-    leaves = {
-        n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)
-    }
-    if requested:
-        unknown = [t for t in requested if t not in leaves]
-        if unknown:
-            raise ModelError(
-                f"adapter.target_modules {unknown} not found in the model; linear layers are: "
-                f"{', '.join(sorted(leaves))}"
-            )
-        return tuple(sorted(requested))
-    try:
-        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
-    except ImportError:  # moved in some peft versions; scanning below still works
-        known = {}
-    candidates = [tuple(known.get(base.config.model_type, ())), *_TARGET_CANDIDATES]
-    for names in candidates:
-        if names and all(n in leaves for n in names):
-            return tuple(sorted(names))
-    raise ModelError(
-        f"cannot pick LoRA target modules for model type {base.config.model_type!r}: set "
-        f"adapter.target_modules to some of {', '.join(sorted(leaves))}"
-    )
-
-
-def _last_blocks(base: PreTrainedModel, k: int) -> tuple[list[int] | None, str | None]:
-    """peft `layers_to_transform` and `layers_pattern` for the last k blocks (None, None: all blocks)."""
-    if k == 0:
-        return None, None
-    n = getattr(base.config.get_text_config(), "num_hidden_layers", None)
-    if not n:
-        raise ModelError("adapter.last_k_blocks needs the model config's num_hidden_layers; set it to 0")
-    if k > n:
-        raise ModelError(f"adapter.last_k_blocks = {k} but the model has only {n} blocks")
-    # The block list is the ModuleList with one entry per layer: "layers" (llama), "layer" (bert), "h" (gpt2).
-    lists = [name for name, m in base.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
-    if not lists:
-        raise ModelError("cannot find the list of transformer blocks; set adapter.last_k_blocks = 0")
-    return list(range(n - k, n)), lists[0].rsplit(".", 1)[-1]
-
-
-def _lora_config(
-    adapter: AdapterConfig, targets: tuple[str, ...], layers: list[int] | None, pattern: str | None
-) -> LoraConfig:
-    return LoraConfig(
-        r=adapter.rank,
-        lora_alpha=adapter.alpha,  # type: ignore[arg-type]  # peft divides alpha by r: floats work
-        lora_dropout=adapter.dropout,
-        target_modules=list(targets),
-        layers_to_transform=layers,
-        layers_pattern=pattern,
-        bias="none",
-    )
-
-
-def _attach_adapters(
-    base: PreTrainedModel,
-    adapter: AdapterConfig,
-    targets: tuple[str, ...],
-    layers: list[int] | None,
-    pattern: str | None,
-) -> PeftModel:
-    # No task_type: peft would then add the head to modules_to_save, which breaks with two active adapters.
-    with warnings.catch_warnings():
-        # peft 0.21 reads a property transformers 5 deprecated; nothing a user can act on.
-        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-        model = get_peft_model(base, _lora_config(adapter, targets, layers, pattern), adapter_name=GLOBAL)
-    if adapter.use_local:
-        model.add_adapter(LOCAL, _lora_config(adapter, targets, layers, pattern))
-        cast(LoraModel, model.base_model).set_adapter([GLOBAL, LOCAL])
-    return model
-
-
 def _assign_roles(model: PeftModel, adapter: AdapterConfig, head: str | None) -> _Roles:
-    names = [_strip(n) for n, _ in model.named_parameters()]
+    names = [strip_peft_prefix(n) for n, _ in model.named_parameters()]
     a_g = [n for n in names if f".lora_A.{GLOBAL}." in n]
     b_g = [n for n in names if f".lora_B.{GLOBAL}." in n]
     local = [n for n in names if f".lora_A.{LOCAL}." in n or f".lora_B.{LOCAL}." in n]
@@ -433,27 +210,13 @@ def _assign_roles(model: PeftModel, adapter: AdapterConfig, head: str | None) ->
     return _Roles(tuple(sorted(global_keys)), tuple(sorted(frozen)), tuple(sorted(local)), head)
 
 
-def _init_lora_a(model: PeftModel, global_seed: str, local_seed: str) -> None:
-    """A_g from the mesh seed, A_l from the site seed: kaiming-uniform bound 1/sqrt(fan_in), like peft."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            key = _strip(name)
-            for adapter_name, seed in ((GLOBAL, global_seed), (LOCAL, local_seed)):
-                if f".lora_A.{adapter_name}." in key:
-                    bound = 1.0 / math.sqrt(p.shape[1])
-                    draw = torch.rand(p.shape, generator=_generator(f"A/{seed}/{key}"), dtype=torch.float32)
-                    p.copy_((draw * 2 - 1) * bound)
-                elif f".lora_B.{adapter_name}." in key:
-                    p.zero_()
-
-
 def _set_trainable(model: PeftModel, roles: _Roles) -> None:
     # After set_adapter every active LoRA tensor requires grad (A_g too); state it explicitly once.
     # peft already keeps LoRA tensors in fp32 on a half-precision base; the head stays in the base dtype
     # because the hidden states feeding it are in that dtype.
     trainable = {*roles.global_keys, *roles.local_keys}
     for name, p in model.named_parameters():
-        p.requires_grad_(_strip(name) in trainable)
+        p.requires_grad_(strip_peft_prefix(name) in trainable)
 
 
 def _check_roles(roles: _Roles, params: Mapping[str, torch.Tensor]) -> None:
@@ -522,12 +285,3 @@ def _tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def _short_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
-
-
-def _generator(seed_text: str) -> torch.Generator:
-    # crc32, not hash(): Python's string hash changes from process to process.
-    return torch.Generator().manual_seed(zlib.crc32(seed_text.encode()))
-
-
-def _strip(name: str) -> str:
-    return name.removeprefix(_PEFT_PREFIX)

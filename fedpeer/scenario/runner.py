@@ -1,41 +1,66 @@
 """Run a prepared scenario: every node as its own OS process on 127.0.0.1 (real gRPC), or every node
 as a thread with the in-memory transport (tests, large simulations). Same nodes, same files out.
+
+What the run prints and summarizes is in summary.py; an earlier run under OUT and --fresh in rundir.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedpeer.checkpoint import FILENAME as CHECKPOINT_FILE
 from fedpeer.config import NodeConfig, dump_toml, to_dict
-from fedpeer.metrics import EVAL_METRIC_NAMES, RoundRecord, by_round, read_records
 from fedpeer.metrics import FILENAME as METRICS_FILE
-from fedpeer.scenario.spec import PreparedScenario, ScenarioSpec, node_names, node_neighbours, prepare
+from fedpeer.metrics import read_records
+from fedpeer.scenario.rundir import (
+    NODE_CONFIG_FILE,
+    NODE_LOG_FILE,
+    clear_run,
+    previous_run,
+    previous_run_line,
+)
+from fedpeer.scenario.spec import PreparedScenario, ScenarioSpec, node_names, prepare
+from fedpeer.scenario.summary import SUMMARY_FILE, progress_line, summarize, summarize_out
+
+__all__ = [
+    "HEARTBEAT_S",
+    "QUIET_ENV",
+    "Echo",
+    "Launcher",
+    "MeshRunner",
+    "ProcessLauncher",
+    "ProcessRunner",
+    "free_loopback_addresses",
+    "node_command",
+    "node_env",
+    "prepare_for_memory",
+    "prepare_for_processes",
+    "quiet_progress_bars",
+    "run_inprocess",
+    "write_node_config",
+    # re-exported from summary.py and rundir.py: `fedpeer scenario run` reaches them through this module
+    "SUMMARY_FILE",
+    "clear_run",
+    "previous_run",
+    "previous_run_line",
+    "summarize",
+    "summarize_out",
+]
 
 Echo = Callable[[str], None]
 
-SUMMARY_FILE = "summary.json"
-NODE_CONFIG_FILE = "node.toml"
-NODE_LOG_FILE = "node.log"
-# Everything a run writes into a node's state_dir (the runner: config, log; the node: the rest).
-NODE_FILES = (NODE_CONFIG_FILE, NODE_LOG_FILE, METRICS_FILE, CHECKPOINT_FILE)
 # Library progress bars (tqdm from transformers / huggingface_hub) only clutter node logs.
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 HEARTBEAT_S = 5.0  # say what the runner waits for when no round completed for this long
-MISSING = "–"  # a value not measured (e.g. no neighbour mixed: no consensus distance)
 
 
 def free_loopback_addresses(names: list[str]) -> dict[str, str]:
@@ -323,91 +348,6 @@ def run_inprocess(prepared: PreparedScenario, recorder: Any = None) -> list[dict
     return summarize(prepared)
 
 
-def summarize(prepared: PreparedScenario) -> list[dict[str, Any]]:
-    """One row per node from its metrics.jsonl (the summary table and summary.json)."""
-    return [node_row(c.node_id, Path(c.state_dir), len(c.neighbours)) for c in prepared.nodes]
-
-
-def summarize_out(spec: ScenarioSpec, out_dir: str | Path) -> list[dict[str, Any]]:
-    """`summarize` for the run of SPEC under OUT, without preparing it: nothing is built or written."""
-    out = Path(out_dir).resolve()
-    return [node_row(n, out / n, len(peers)) for n, peers in node_neighbours(spec).items()]
-
-
-def node_row(node: str, state_dir: Path, degree: int) -> dict[str, Any]:
-    recs = by_round(read_records(state_dir / METRICS_FILE))
-    last = recs[-1] if recs else RoundRecord(round=0)
-    return {
-        "node": node,
-        "rounds": len(recs),
-        "last_round": last.round,
-        "train_loss": last.train_loss,
-        **{k: last.evaluation.get(k) for k in EVAL_METRIC_NAMES},
-        "consensus_distance": last.consensus_distance,
-        "global_norm": last.global_norm,
-        "consensus_relative": relative_consensus(last),  # consensus_distance / global_norm
-        "bytes_sent_per_round": _median([r.bytes_sent for r in recs]),
-        "round_s": _median([r.round_s for r in recs]),
-        "degree": degree,
-        "neighbours_heard": sorted({j for r in recs for j in r.neighbours_heard or ()}),
-        "trained_alone": trained_alone(recs),
-    }
-
-
-def trained_alone(records: list[RoundRecord]) -> bool:
-    """No round of the run mixed any neighbour: the node never heard from the mesh."""
-    return bool(records) and all(r.neighbours_heard == [] for r in records)
-
-
-def relative_consensus(record: RoundRecord) -> float | None:
-    """Consensus distance as a fraction of the global adapter's norm; None when either is not measured
-    (e.g. a round that mixed no neighbour has no consensus distance)."""
-    dist, norm = _num(record.consensus_distance), _num(record.global_norm)
-    return None if dist is None or not norm else dist / norm
-
-
-def progress_line(prepared: PreparedScenario, rnd: int, total: int, elapsed: float) -> str:
-    recs: list[RoundRecord] = []
-    for cfg in prepared.nodes:
-        recs += [r for r in by_round(read_records(Path(cfg.state_dir) / METRICS_FILE)) if r.round == rnd]
-    loss = _mean([r.train_loss for r in recs])
-    ev = _mean([r.evaluation.get("eval_loss") for r in recs])
-    rel = _mean([relative_consensus(r) for r in recs])
-    sent = _mean([r.bytes_sent for r in recs])
-    consensus = MISSING if rel is None else f"{fmt_percent(rel)} of |x|"
-    return (
-        f"[{elapsed:6.1f}s] round {rnd}/{total}: mean train_loss {_fmt(loss)}  eval_loss {_fmt(ev)}  "
-        f"consensus {consensus}  sent {fmt_kb(sent)} kB/node"
-    )
-
-
-def fmt_percent(fraction: float | None) -> str:
-    return MISSING if fraction is None else f"{100 * fraction:.3g} %"
-
-
-def fmt_kb(n_bytes: float | None) -> str:
-    """Bytes as kB (1000 bytes), the unit of progress lines and the summary table."""
-    return MISSING if n_bytes is None else f"{n_bytes / 1e3:.1f}"
-
-
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
-
-
-def _mean(xs: list[Any]) -> float | None:
-    vals = [v for v in map(_num, xs) if v is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
-def _median(xs: list[Any]) -> float | None:
-    vals = [v for v in map(_num, xs) if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def _fmt(x: float | None) -> str:
-    return MISSING if x is None else f"{x:.4g}"
-
-
 def _tail(path: Path, n: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -441,94 +381,3 @@ def quiet_progress_bars() -> None:
 
     disable_progress_bars()
     hf_logging.disable_progress_bar()
-
-
-# ================================================================ an earlier run under the same OUT
-@dataclass(frozen=True)
-class PreviousRun:
-    """What an earlier run left under OUT: the round of each node's checkpoint (0: none)."""
-
-    rounds: dict[str, int]
-    total: int  # the rounds this scenario asks for
-
-    @property
-    def low(self) -> int:
-        return min(self.rounds.values(), default=0)
-
-    @property
-    def high(self) -> int:
-        return max(self.rounds.values(), default=0)
-
-    @property
-    def complete(self) -> bool:
-        """Every node checkpointed the final round: starting the nodes again would do nothing."""
-        return bool(self.rounds) and self.low >= self.total
-
-    @property
-    def partial(self) -> bool:
-        return self.high > 0 and not self.complete
-
-
-def previous_run(spec: ScenarioSpec, out_dir: str | Path) -> PreviousRun:
-    out = Path(out_dir).resolve()
-    return PreviousRun({n: checkpoint_round(out / n) for n in node_names(spec)}, spec.gossip.rounds)
-
-
-def checkpoint_round(state_dir: Path) -> int:
-    """The round of a node's checkpoint, read from the file's header (no tensor is loaded); 0 without one.
-
-    An unreadable checkpoint also gives 0: the node reports it when it starts."""
-    from safetensors import SafetensorError, safe_open
-
-    path = state_dir / CHECKPOINT_FILE
-    if not path.is_file():
-        return 0
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("fedpeer") or "{}")
-    except (SafetensorError, OSError, ValueError):
-        return 0
-    rnd = meta.get("round") if isinstance(meta, dict) else None
-    return rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else 0
-
-
-def previous_run_line(out: str | Path, prev: PreviousRun) -> str | None:
-    """What `scenario run` does with an earlier run under OUT (None: there is none)."""
-    if prev.complete:
-        rounds = f"{prev.low}/{prev.total} rounds" if prev.low == prev.total else f"{prev.low} rounds"
-        return (
-            f"{out} already holds a complete run ({rounds}): showing its summary; pass --fresh to start over"
-        )
-    if prev.partial:
-        spread = "" if prev.low == prev.high else f" (node checkpoints at rounds {prev.low}–{prev.high})"
-        return (
-            f"{out} holds an unfinished run: resuming from round {prev.low}/{prev.total}{spread}; "
-            "pass --fresh to start over"
-        )
-    return None
-
-
-def clear_run(spec: ScenarioSpec, out_dir: str | Path) -> list[Path]:
-    """`--fresh`: delete what a run of SPEC wrote under OUT: each node's NODE_FILES (and checkpoint temp
-    files), node directories left empty, summary.json. Nothing else: not files the run did not write,
-    nothing outside OUT (links are not followed), not the model and data (rebuilt as needed)."""
-    out = Path(out_dir).resolve()
-    removed: list[Path] = []
-    for name in node_names(spec):
-        node_dir = out / name
-        files = [node_dir / f for f in NODE_FILES] + sorted(node_dir.glob(".checkpoint-*.tmp"))
-        removed += [f for f in files if _remove_inside(f, out)]
-        if not node_dir.is_symlink() and node_dir.resolve().parent == out:
-            with contextlib.suppress(OSError):  # only when nothing else is left in it
-                node_dir.rmdir()
-    if _remove_inside(out / SUMMARY_FILE, out):
-        removed.append(out / SUMMARY_FILE)
-    return removed
-
-
-def _remove_inside(path: Path, root: Path) -> bool:
-    """Unlink PATH if it is a plain file (not a link) inside ROOT."""
-    if path.is_symlink() or not path.is_file() or not path.resolve().is_relative_to(root):
-        return False
-    path.unlink()
-    return True

@@ -1,4 +1,4 @@
-"""Settings as one definition: the config dataclasses' fields and their `help` metadata.
+"""The `fedpeer init` template, rendered from the config dataclasses' fields and `help` metadata.
 
 `render_template` walks `NodeConfig` and writes the commented TOML that `fedpeer init` gives a
 site: one `# help` block above each `name = value`, a section per table, a commented example for
@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fedpeer.config import NodeConfig, toml_value
+from fedpeer.config.dump import toml_value
+from fedpeer.config.node import NodeConfig
 
 WIDTH = 100  # columns of a help comment line
 

@@ -1,0 +1,355 @@
+"""The node config's section tables: `[model]`, `[adapter]`, `[train]`, `[gossip]`, `[codec]`.
+
+Each setting is defined once, here: its type, default and `help` metadata (why the default is what it
+is); each class's `validate` checks its values and raises a ConfigError that names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from fedpeer.codec.options import validate_codec_options
+from fedpeer.errors import ConfigError
+
+TASKS = ("causal-lm", "seq-cls")
+HEAD_SCOPES = ("global", "local")
+CLASS_WEIGHTS = ("none", "balanced")
+WEIGHTINGS = ("metropolis-hastings", "data-size", "val-loss")
+
+
+def require(ok: bool, field_path: str, reason: str) -> None:
+    """Raise ConfigError "`field_path` `reason`" unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{field_path} {reason}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = field(
+        default="",
+        metadata={
+            "help": "Hugging Face model id org/name (available offline) or a local directory; relative "
+            "paths are relative to this file."
+        },
+    )
+    task: str = field(
+        default="causal-lm",
+        metadata={"help": "causal-lm (JSONL `text`) or seq-cls (JSONL `text` + `label`)."},
+    )
+    labels: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "seq-cls only: class names; the JSONL `label` field is one of these (or its index)."
+        },
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "float32, bfloat16 or float16. The same base weights everywhere matter more than "
+            "speed; float32 keeps CPU runs exact."
+        },
+    )
+    dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "The frozen base model's own dropout while training (LoRA's is adapter.dropout). "
+            "false turns it off: nothing random is drawn, so nodes sharing a process train in parallel "
+            "and reproducibly."
+        },
+    )
+
+    def validate(self) -> None:
+        require(self.path != "", "model.path", "must name a Hugging Face model id or a local directory")
+        require(self.task in TASKS, "model.task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "seq-cls":
+            require(len(self.labels) >= 2, "model.labels", "seq-cls needs at least two class names")
+        require(
+            self.dtype in ("float32", "bfloat16", "float16"),
+            "model.dtype",
+            f"must be float32, bfloat16 or float16, got {self.dtype!r}",
+        )
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    rank: int = field(default=8, metadata={"help": "LoRA rank of both adapters (global and local)."})
+    alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scaling: an adapter's update is scaled by alpha / rank."}
+    )
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout on the adapters' input, in [0, 1)."})
+    target_modules: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Names of the modules to adapt. Empty: pick the attention projections of the "
+            "architecture (q/v or query/value)."
+        },
+    )
+    last_k_blocks: int = field(
+        default=0,
+        metadata={
+            "help": "Adapt only the last k transformer blocks; 0 adapts every block. Med-DualLoRA: "
+            "adapting the last blocks is enough."
+        },
+    )
+    train_global_a: bool = field(
+        default=False,
+        metadata={
+            "help": "false (FFA-LoRA): A_g is frozen from mesh_seed and only B_g trains and travels, which "
+            "makes mixing of B_g exact and halves the bytes. true trains and exchanges A_g too."
+        },
+    )
+    mesh_seed: int = field(
+        default=0,
+        metadata={"help": "Seeds the frozen A_g and a fresh seq-cls head: must be the same on every site."},
+    )
+    use_local: bool = field(
+        default=True,
+        metadata={
+            "help": "A second, private adapter that never leaves the site. false gives a global-only model."
+        },
+    )
+    head: str = field(
+        default="global",
+        metadata={"help": 'seq-cls head: shared with the mesh ("global") or kept at the site ("local").'},
+    )
+
+    def validate(self) -> None:
+        require(self.rank >= 1, "adapter.rank", f"must be >= 1, got {self.rank}")
+        require(self.alpha > 0, "adapter.alpha", f"must be > 0, got {self.alpha}")
+        require(0.0 <= self.dropout < 1.0, "adapter.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.last_k_blocks >= 0, "adapter.last_k_blocks", "must be >= 0 (0 = all blocks)")
+        require(self.head in HEAD_SCOPES, "adapter.head", f"must be global or local, got {self.head!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = field(
+        default="",
+        metadata={
+            "help": "This site's JSONL training file: `text` (causal-lm) or `text` + `label` (seq-cls); "
+            "relative to this file."
+        },
+    )
+    eval_data: str = field(
+        default="",
+        metadata={
+            "help": "JSONL evaluation file. Empty: hold out eval_fraction of `data`, chosen by `seed`."
+        },
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of `data` held out for evaluation when eval_data is empty, in (0, 1)."},
+    )
+    steps_per_round: int = field(
+        default=10, metadata={"help": "Local optimizer steps between two exchanges (0: mix only)."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step."})
+    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_length: int = field(
+        default=128,
+        metadata={
+            "help": "Tokens per example (at least 8); longer examples are cut (a causal-lm prompt loses "
+            "its start rather than its completion)."
+        },
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seeds the eval hold-out, the batch order and (with node_id) the local adapter's "
+            "initialization."
+        },
+    )
+    class_weights: str = field(
+        default="none",
+        metadata={
+            "help": "seq-cls loss weights. none: plain cross-entropy. balanced: each class the site has "
+            "weighs n / (classes present * n_class), so a skewed site does not settle on its majority "
+            "class (what macro-F1 punishes). Computed from the site's own training labels only."
+        },
+    )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (cuda when present, else cpu), cpu, cuda or cuda:N. The scenario runner spreads "
+            "nodes over GPUs."
+        },
+    )
+
+    def validate(self) -> None:
+        require(self.data != "", "train.data", "must name the site's JSONL training file")
+        require(0.0 < self.eval_fraction < 1.0, "train.eval_fraction", "must be in (0, 1)")
+        require(self.steps_per_round >= 0, "train.steps_per_round", "must be >= 0")
+        require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        require(self.lr >= 0, "train.lr", "must be >= 0")
+        require(self.max_length >= 8, "train.max_length", "must be >= 8")
+        require(
+            self.class_weights in CLASS_WEIGHTS,
+            "train.class_weights",
+            f"must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}",
+        )
+        # The form only (torch is not imported here); the node checks the device exists at start.
+        require(
+            re.fullmatch(r"[a-z]+(:\d+)?", self.device) is not None,
+            "train.device",
+            f"must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    rounds: int = field(
+        default=10, metadata={"help": "Rounds to run: train steps_per_round, exchange with neighbours, mix."}
+    )
+    gamma: float = field(
+        default=1.0,
+        metadata={
+            "help": "CHOCO consensus step size, in [0, 1]. 1.0 with a lossless codec is plain gossip "
+            "x <- W x; the lossy pipeline codec needs < 1."
+        },
+    )
+    round_timeout_s: float = field(
+        default=120.0,
+        metadata={
+            "help": "A round waits this long for neighbours' updates (a slow neighbour), then mixes with "
+            "those it has."
+        },
+    )
+    failure_timeout_s: float = field(
+        default=3.0,
+        metadata={
+            "help": "While a round waits, a neighbour that does not answer health checks for this long "
+            "is dead or hung: the round goes on without it (a slow neighbour that answers is waited for "
+            "until round_timeout_s). A hung neighbour's streams fail within about 4 s (gRPC keepalive)."
+        },
+    )
+    rpc_timeout_s: float = field(
+        default=30.0,
+        metadata={"help": "Deadline of one RPC to a neighbour (handshake, one update stream, one snapshot)."},
+    )
+    join_timeout_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "How long a starting node keeps retrying its first handshakes before starting round 1 "
+            "anyway."
+        },
+    )
+    max_rounds_ahead: int = field(
+        default=2,
+        metadata={"help": "Frames for rounds further ahead than this are refused (bounds the inbox)."},
+    )
+    linger_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "Seconds to keep serving after the last round (slower neighbours may still need a "
+            "snapshot)."
+        },
+    )
+    weighting: str = field(
+        default="metropolis-hastings",
+        metadata={
+            "help": "Mixing weights. metropolis-hastings: w_ij = 1/(1+max(d_i,d_j)), the mesh averages "
+            "uniformly. data-size / val-loss: Metropolis-Hastings towards a target distribution pi "
+            "(pi_i = the site's number of training examples, or exp(1 - val_loss) as in Fed-MedLoRA+), "
+            "so the mesh converges to the pi-weighted average instead (see docs/protocol.md)."
+        },
+    )
+    allow_solo: bool = field(
+        default=False,
+        metadata={
+            "help": "A node that never hears from any neighbour during its whole run trained alone: it "
+            "then exits with an error (a misconfigured mesh must not pass for a working one). true "
+            "allows solo runs (exit 0)."
+        },
+    )
+
+    def validate(self) -> None:
+        require(self.rounds >= 1, "gossip.rounds", "must be >= 1")
+        require(0.0 <= self.gamma <= 1.0, "gossip.gamma", "must be in [0, 1]")
+        for name in ("round_timeout_s", "failure_timeout_s", "rpc_timeout_s", "join_timeout_s"):
+            require(getattr(self, name) > 0, f"gossip.{name}", "must be > 0 seconds")
+        require(self.max_rounds_ahead >= 1, "gossip.max_rounds_ahead", "must be >= 1")
+        require(
+            self.weighting in WEIGHTINGS,
+            "gossip.weighting",
+            f"must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}",
+        )
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    name: str = field(
+        default="fp16",
+        metadata={
+            "help": "lossless (fp32) | fp16 | pipeline, each byte-shuffled and zstd-compressed. The "
+            "pipeline (low-rank where it pays, blockwise int4/int8) is lossy: set gossip.gamma < 1 with "
+            "it (CHOCO). The settings below marked pipeline are the sender's choice: the frame header "
+            "carries what a receiver needs."
+        },
+    )
+    zstd_level: int = field(
+        default=3,
+        metadata={
+            "help": "1..22. Levels 1-3: noise-like floats and int codes gain little from higher levels, "
+            "which cost CPU."
+        },
+    )
+    max_payload_mb: float = field(
+        default=1024.0,
+        metadata={
+            "help": "Decoder bound on one update's decompressed size; frames declaring more are refused."
+        },
+    )
+    bits: int = field(
+        default=4,
+        metadata={
+            "help": "pipeline: bits per value, 4, 8 or 16. Measured on MiniLM B_g updates "
+            "(benchmarks/codec.py): 4 bits alone is 6 % error per round and ~16x fewer bytes than fp32 "
+            "LoRA exchange; 8 bits 0.4 % and 7.7x; 16 bits (fp16) 0.02 %."
+        },
+    )
+    block: int = field(
+        default=64,
+        metadata={
+            "help": "pipeline: values per fp16 block scale, 8..65536: 64 costs 0.25 bit/value and follows "
+            "local magnitudes closely."
+        },
+    )
+    rank_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "pipeline: low-rank rank as a fraction of each unfolding's rank (B_g [out, r]: svd "
+            "rank ceil(f·r)). A group is factorized only where it pays (error and bytes measured each "
+            "round): 0.5 with 4 bits is ~30x on real updates (40 % error, resent by error feedback), and "
+            "falls back to dense on noise-like ones. 1.0 never factorizes (the ~16x point with the "
+            "least error)."
+        },
+    )
+    methods: tuple[str, ...] = field(
+        default=("svd", "tucker"),
+        metadata={
+            "help": "pipeline: factorizations to try per tensor group: per-matrix SVD (svd), Tucker "
+            "(tucker) / tensor train (tt) over the stack."
+        },
+    )
+    stochastic: bool = field(
+        default=False,
+        metadata={
+            "help": "pipeline: unbiased (stochastic) rounding instead of nearest: zero-mean error, "
+            "slightly larger."
+        },
+    )
+    budget_bytes: int = field(
+        default=0,
+        metadata={
+            "help": "pipeline: bytes per round per link; > 0 lets the codec pick ranks and bits to fit "
+            "(bits and rank_fraction are then ignored). One frame goes to every neighbour (CHOCO needs "
+            "one x_hat per sender), so give the tightest link's budget. 0 = off."
+        },
+    )
+
+    def validate(self) -> None:
+        # The codec package owns its options and their rules (one definition, torch-free).
+        validate_codec_options(dataclasses.asdict(self))
