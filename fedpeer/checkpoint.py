@@ -56,6 +56,15 @@ def ensure_writable(state_dir: str | Path) -> Path:
     return path
 
 
+def remove_stale_temps(state_dir: str | Path) -> int:
+    """Delete temp files left by a save that was killed before its rename (each as big as a
+    checkpoint); returns how many. Only while no node runs on `state_dir`: call it at start."""
+    stale = list(Path(state_dir).glob(".checkpoint-*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def save(state_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,7 @@ def test_killed_container_restarts_from_its_checkpoint(tmp_path):
     assert resumed, node_log
     done = int(resumed.group(1))
     assert done >= 2 and rounds[:done] == list(range(1, done + 1)), f"{rounds}\n{node_log}"
-    mesh = re.search(rf"the mesh is at round (\d+), we completed {done}", node_log)
+    mesh = re.search(rf"the mesh is at round (\d+), we completed {done}: catching up", node_log)
     assert rounds[done] == (int(mesh.group(1)) if mesh else done) + 1, f"{rounds}\n{node_log}"
     for other in ("node0", "node2"):
         recs = node_records(tmp_path, other)

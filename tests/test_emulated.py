@@ -50,7 +50,7 @@ class Recorder:
         self.frames.append(f.round)
         return AckInfo(accepted=True, error="", applied_seq=f.seq)
 
-    def on_snapshot_request(self, requester: str) -> Frame:
+    def on_snapshot_request(self, requester: str, max_round: int = 0) -> Frame:
         return frame(0, sender=self.name)
 
     def on_status(self):  # not used here

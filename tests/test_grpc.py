@@ -50,7 +50,7 @@ class Recorder:
         self.frames.append(frame)
         return AckInfo(True, "", frame.seq)
 
-    def on_snapshot_request(self, requester):
+    def on_snapshot_request(self, requester, max_round=0):
         return self.frames[-1]
 
     def on_status(self):

@@ -125,10 +125,10 @@ class PublicCopies:
                     c.applied_seq += 1
                     c.last_round = max(c.last_round, p.round)
                     c.mix_weight = p.mix_weight
-                # Each sender sends seq n only after its send of n-1 has finished, so a hole below a
-                # queued update that is due is a lost update, not a late one: resync, don't wait.
-                due = [s for s, p in c.pending.items() if p.round <= round]
-                if due and not c.needs_resync and min(due) > c.applied_seq + 1:
+                # Each sender sends seq n only after its send of n-1 has finished (acknowledged, so
+                # queued), so a hole below any queued update is a lost update, not a late one:
+                # resync, don't wait (a snapshot as of this round restores exactly what is due).
+                if c.pending and not c.needs_resync and min(c.pending) > c.applied_seq + 1:
                     c.needs_resync = True
             return [j for j, c in self.copies.items() if c.needs_resync]
 
@@ -146,6 +146,19 @@ class PublicCopies:
             c.mix_weight = mix_weight
             c.pending = {s: p for s, p in c.pending.items() if s > seq}
             self._cv.notify_all()
+
+    def moved_on(self, round: int, names: set[str]) -> set[str]:
+        """Neighbours among `names` that will not send an update of `round`: their copy is not up to
+        date for it and all they have queued is of later rounds (they skipped it, catching up)."""
+        with self._cv:
+            return {
+                j
+                for j in names
+                if (c := self.copies[j]).last_round < round
+                and not c.needs_resync
+                and c.pending
+                and all(p.round > round for p in c.pending.values())
+            }
 
     def fresh(self, round: int) -> list[str]:
         """Neighbours whose copy is up to date for `round` (these take part in the mix)."""

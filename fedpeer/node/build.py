@@ -3,6 +3,7 @@ a `Node` and resumes it from its checkpoint. Tests that need fakes build a `Node
 
 from __future__ import annotations
 
+import logging
 import zlib
 
 from fedpeer import checkpoint
@@ -14,9 +15,13 @@ from fedpeer.node.loop import Node
 from fedpeer.train.loop import LocalTrainer
 from fedpeer.transport.base import Transport
 
+log = logging.getLogger("fedpeer.node")
+
 
 def build_node(cfg: NodeConfig, transport: Transport) -> Node:
     checkpoint.ensure_writable(cfg.state_dir)  # fail now, not after a round of training
+    if stale := checkpoint.remove_stale_temps(cfg.state_dir):
+        log.info("%s: removed %d temp file(s) of an interrupted checkpoint save", cfg.node_id, stale)
     dual = load_dual_lora(
         cfg.model, cfg.adapter, resolve_device(cfg.train.device), local_seed=local_seed(cfg)
     )

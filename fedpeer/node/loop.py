@@ -22,6 +22,8 @@ import logging
 import math
 import time
 
+import torch
+
 from fedpeer import PROTOCOL_VERSION
 from fedpeer.codec import Codec, DecodeLimits, available_codecs, get_codec
 from fedpeer.config import NodeConfig
@@ -33,7 +35,7 @@ from fedpeer.metrics import MetricsWriter, RoundRecord
 from fedpeer.model.dual_lora import DualLora
 from fedpeer.node import state
 from fedpeer.node.neighbours import SNAPSHOT_CODEC, Neighbours
-from fedpeer.node.record import RoundOutcome, Timer, round_line, round_record
+from fedpeer.node.record import RoundOutcome, Timer, finish, round_line, round_record
 from fedpeer.node.service import IoCounters, NodeService
 from fedpeer.tensors import State
 from fedpeer.train.loop import LocalTrainer
@@ -41,6 +43,9 @@ from fedpeer.transport.base import Transport
 from fedpeer.wire.frames import Frame, FrameKind, PeerInfo, decode_frame, encode_frame
 
 log = logging.getLogger("fedpeer.node")
+
+# While a round waits for neighbours, those still missing are health-checked this often.
+PROBE_EVERY_S = 1.0
 
 
 class Node:
@@ -56,7 +61,8 @@ class Node:
         self.limits = DecodeLimits(max_payload_bytes=int(cfg.codec.max_payload_mb * 2**20))
         self.specs = dual.global_specs()
         zeros = dual.global_state()
-        self.sender = SenderState(zeros)
+        # x̂_self after each of the last updates: a neighbour may be up to max_rounds_ahead behind.
+        self.sender = SenderState(zeros, history=cfg.gossip.max_rounds_ahead + 2)
         self.neighbours = Neighbours(cfg, transport, self.me, dual.fingerprint_fields(), dual.fingerprint())
         self.copies = PublicCopies(zeros, list(self.neighbours.peers), cfg.gossip.max_rounds_ahead)
         self.io = IoCounters()
@@ -111,12 +117,10 @@ class Node:
         self.phase = "exchanging"
         with timer.span("transfer"):
             sent = self.neighbours.broadcast(frame)
-            deadline = time.monotonic() + self.cfg.gossip.round_timeout_s
-            self.copies.wait_for_round(t, set(sent.reached), deadline)
+            resynced = self.receive(t, set(sent.reached))
 
         self.phase = "mixing"
         with timer.span("mix"):
-            resynced = self.apply_received(t)
             heard = [j for j in self.copies.fresh(t) if self.neighbours.peers[j].info is not None]
             w = self.neighbours.weights(heard, self.sender.pi, self.copies.mix_weights(heard))
             x_new = choco.mix(x, self.sender.x_hat, self.copies.x_hats(heard), w, self.cfg.gossip.gamma)
@@ -134,8 +138,6 @@ class Node:
 
         self.completed_round = t
         self.rounds_run += 1
-        with timer.span("checkpoint"):
-            state.save(self)
         outcome = RoundOutcome(
             self.cfg.node_id,
             t,
@@ -150,6 +152,9 @@ class Node:
             self.dual.global_state(),
         )
         record = round_record(outcome, timer, self.io.take(t))
+        with timer.span("checkpoint"):
+            state.save(self, record)
+        record = finish(record, timer)
         self.metrics.write(record)
         log.info(round_line(self.cfg.gossip.rounds, self.neighbours.degree, record))
         return record
@@ -163,24 +168,62 @@ class Node:
         if ahead <= t + self.copies.max_ahead:
             return t + 1
         log.info("%s: neighbours are at round %d after our round %d: catching up", self.cfg.node_id, ahead, t)
-        self.copies.set_round(ahead)
+        self.catch_up(ahead)
         return ahead
 
     def join(self) -> int:
-        """Meet the neighbours; returns the round to continue after: ours, or the mesh's if we are
-        behind (a restarted node catches up)."""
+        """Meet the neighbours; returns the round to continue after. A node up to max_rounds_ahead
+        behind (a restarted mesh, a quick restart) replays the rounds it missed: its neighbours kept
+        their public copies of those rounds and send them as snapshots, so mixing stays exact. One
+        further behind catches up: it jumps to the mesh's round and takes the mesh's adapter."""
         self.phase = "joining"
-        mesh_round = max(self.neighbours.join(), self.completed_round)
-        if mesh_round > self.completed_round:
+        done, mesh_round = self.completed_round, self.neighbours.join()
+        total = self.cfg.gossip.rounds
+        if mesh_round > done + self.copies.max_ahead or mesh_round >= total > done:
             log.info(
                 "%s: the mesh is at round %d, we completed %d: catching up",
                 self.cfg.node_id,
                 mesh_round,
-                self.completed_round,
+                done,
             )
-        self.completed_round = mesh_round
-        self.copies.set_round(mesh_round)
-        return mesh_round
+            self.catch_up(min(mesh_round, total))
+            if self.completed_round >= total:
+                log.info(
+                    "%s: the mesh finished its %d rounds while this node was away", self.cfg.node_id, total
+                )
+        elif mesh_round > done:
+            log.info(
+                "%s: the mesh is at round %d, we completed %d: replaying rounds %d-%d with our neighbours'"
+                " copies of them",
+                self.cfg.node_id,
+                mesh_round,
+                done,
+                done + 1,
+                mesh_round,
+            )
+        self.copies.set_round(self.completed_round)
+        return self.completed_round
+
+    def catch_up(self, to_round: int) -> None:
+        """We missed more rounds than the protocol can replay: jump to `to_round`, and rejoin the
+        consensus by taking the mesh's global adapter, the mean of our neighbours' public copies as of
+        that round (snapshots, which also resync our copies of them). Our local adapter is kept."""
+        self.copies.set_round(to_round)
+        fetched = [
+            j for j, p in self.neighbours.peers.items() if p.info is not None and self.resync(j, to_round)
+        ]
+        if fetched:
+            x_hats = list(self.copies.x_hats(fetched).values())
+            mean = {k: torch.stack([x[k] for x in x_hats]).mean(dim=0) for k in x_hats[0]}
+            self.dual.set_global_state(mean)
+            log.info(
+                "%s: took the mesh's global adapter at round %d (mean of %s)",
+                self.cfg.node_id,
+                to_round,
+                ", ".join(fetched),
+            )
+        self.completed_round = to_round
+        state.save(self)
 
     # ================================================================ steps of a round
     def encode_update(self, t: int, q: State, codec: Codec) -> Frame:
@@ -198,25 +241,37 @@ class Node:
         self.sender.commit(t, decode_frame(frame, self.specs, self.limits, [codec.name]))
         return frame
 
-    def apply_received(self, t: int) -> list[str]:
-        """Apply queued updates of rounds <= t; pull snapshots where an update was lost."""
-        needing = self.copies.apply_through(t)
-        for j in needing:
-            self.resync(j)
-        if needing:
-            self.copies.apply_through(t)
-        return needing
+    def receive(self, t: int, expected: set[str]) -> list[str]:
+        """Bring each expected neighbour's copy up to date for round t, or give up on it: apply its
+        queued updates in seq order, resync a lost one by snapshot (as of round t, never later), and
+        wait for the rest until the round deadline, leaving out early a neighbour that stops
+        answering (gossip.failure_timeout_s) or has moved past round t. Returns those resynced."""
+        deadline = time.monotonic() + self.cfg.gossip.round_timeout_s
+        waiting, resynced = set(expected), []
+        while True:
+            self.copies.wait_for_round(t, waiting, min(deadline, time.monotonic() + PROBE_EVERY_S))
+            for j in self.copies.apply_through(t):
+                if self.resync(j, t):
+                    resynced.append(j)
+                else:
+                    waiting.discard(j)  # its snapshot cannot be had now: left out this round
+            self.copies.apply_through(t)  # what queued after the snapshots is due too
+            waiting -= set(self.copies.fresh(t)) | self.copies.moved_on(t, waiting)
+            if not waiting or time.monotonic() >= deadline:
+                return resynced
+            waiting -= self.neighbours.unresponsive(waiting, t)
 
-    def resync(self, j: str) -> None:
-        snap = self.neighbours.fetch_snapshot(j, self.specs, self.limits)
+    def resync(self, j: str, t: int) -> bool:
+        snap = self.neighbours.fetch_snapshot(j, t, self.specs, self.limits)
         if snap is None:
-            return
+            return False
         x_hat = {k: v.to(self.device) for k, v in snap.x_hat.items()}
         self.copies.install_snapshot(j, snap.epoch, snap.round, snap.seq, x_hat, mix_weight=snap.mix_weight)
         self.io.count(snap.round, bytes_received=snap.wire_bytes)
         log.info(
             "%s: resynced %s from its snapshot (seq %d, round %d)", self.cfg.node_id, j, snap.seq, snap.round
         )
+        return True
 
     def round_pi(self) -> float:
         """This round's pi_i for gossip.weighting (1.0 for plain Metropolis-Hastings)."""

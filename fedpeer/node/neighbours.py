@@ -37,6 +37,8 @@ class Peer:
     # Why we are not connected: "refused: ..." or "not reachable: ...", each logged once.
     problem: str = ""
     reachable: bool = False
+    # Since when (time.monotonic()) it has failed its health checks while a round waited; None: answering.
+    failing_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -205,12 +207,37 @@ class Neighbours:
                 log.warning("%s: lost %s: %s", self.node_id, peer.id, exc)
             peer.problem = f"not reachable: {exc}"
             return 0
-        peer.problem = ""
+        peer.problem, peer.failing_since = "", None
         if not result.ack.accepted:
             log.warning(
                 "%s: %s refused our round-%d update: %s", self.node_id, peer.id, frame.round, result.ack.error
             )
         return result.wire_bytes
+
+    def unresponsive(self, names: set[str], round: int) -> set[str]:
+        """Those of `names` that have not answered a health check for failure_timeout_s: dead or hung
+        (a slow neighbour still answers, and is waited for until the round deadline)."""
+        timeout = self.gossip.failure_timeout_s
+        probes = {
+            j: self._pool.submit(self.transport.alive, self.peers[j].address, timeout / 2) for j in names
+        }
+        now, gone = time.monotonic(), set()
+        for j, probe in probes.items():
+            peer = self.peers[j]
+            if probe.result():
+                peer.failing_since = None
+                continue
+            peer.failing_since = peer.failing_since or now
+            if now - peer.failing_since >= timeout:
+                gone.add(j)
+                log.warning(
+                    "%s: left %s out of round %d: it has not answered for %.1f s (dead or hung)",
+                    self.node_id,
+                    j,
+                    round,
+                    now - peer.failing_since,
+                )
+        return gone
 
     def weights(self, heard: list[str], pi: float, pis: dict[str, float]) -> dict[str, float]:
         """This round's row of W over the neighbours heard (see gossip.weights.neighbour_weights)."""
@@ -218,16 +245,25 @@ class Neighbours:
         return neighbour_weights(self.degree, degrees, pi, pis)
 
     # --- resync --------------------------------------------------------------------------------------
-    def fetch_snapshot(self, j: str, specs: list[TensorSpec], limits: DecodeLimits) -> Snapshot | None:
-        """Neighbour j's whole x̂_j, checked and decoded; None (logged) if it cannot be had now."""
+    def fetch_snapshot(
+        self, j: str, round: int, specs: list[TensorSpec], limits: DecodeLimits
+    ) -> Snapshot | None:
+        """Neighbour j's whole x̂_j as of its latest update of a round <= `round`, checked and
+        decoded; None (logged) if it cannot be had now or only a later one can."""
         try:
             frame = self.transport.fetch_snapshot(
-                self.peers[j].address, self.node_id, self.gossip.rpc_timeout_s, limits.max_payload_bytes
+                self.peers[j].address,
+                self.node_id,
+                self.gossip.rpc_timeout_s,
+                limits.max_payload_bytes,
+                round,
             )
             if frame.kind != FrameKind.SNAPSHOT or frame.sender != j:
                 raise FrameRejected(
                     f"expected a snapshot from {j}, got a {frame.kind.value} from {frame.sender}"
                 )
+            if frame.round > round:
+                raise FrameRejected(f"its oldest snapshot is of round {frame.round}, after our round {round}")
             x_hat = decode_frame(frame, specs, limits, [SNAPSHOT_CODEC])
         except (PeerUnavailable, FrameRejected) as exc:
             log.warning("%s: resync of %s failed, leaving it out this round: %s", self.node_id, j, exc)

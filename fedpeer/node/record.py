@@ -3,6 +3,7 @@ metrics.jsonl) and its one log line."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -82,6 +83,16 @@ def round_record(r: RoundOutcome, timer: Timer, io: RoundIO) -> RoundRecord:
         neighbours_reached=r.sent.reached,
         resynced=r.resynced,
         frames_rejected=io.frames_rejected,
+    )
+
+
+def finish(record: RoundRecord, timer: Timer) -> RoundRecord:
+    """The record with what is known only after the checkpoint: its time and the round's end."""
+    return dataclasses.replace(
+        record,
+        time=time.time(),
+        checkpoint_s=timer.spans["checkpoint"],
+        round_s=time.perf_counter() - timer.start,
     )
 
 

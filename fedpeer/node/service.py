@@ -115,7 +115,7 @@ class NodeService:
         node.io.count(frame.round, decode_s=time.perf_counter() - t0, bytes_received=frame.wire_bytes)
         return AckInfo(accepted=True, error="", applied_seq=applied)
 
-    def on_snapshot_request(self, requester: str) -> Frame:
+    def on_snapshot_request(self, requester: str, max_round: int = 0) -> Frame:
         node = self.node
 
         def encode(x_hat: StateView, round: int, seq: int, pi: float) -> Frame:
@@ -130,7 +130,7 @@ class NodeService:
                 mix_weight=pi,
             )
 
-        return node.sender.snapshot(encode)
+        return node.sender.snapshot(encode, max_round)
 
     def on_status(self) -> StatusInfo:
         node = self.node

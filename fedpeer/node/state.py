@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from fedpeer import checkpoint
 from fedpeer.errors import CheckpointError
+from fedpeer.metrics import FILENAME as METRICS_FILE
+from fedpeer.metrics import RoundRecord, read_records
 
 if TYPE_CHECKING:
     from fedpeer.node.loop import Node
@@ -19,7 +22,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedpeer.node")
 
 
-def save(node: Node) -> None:
+def save(node: Node, record: RoundRecord | None = None) -> None:
+    """Checkpoint the node after its round; `record` (that round's metrics line) goes in too, so that
+    a kill between the checkpoint and the metrics write loses no line (`resume` writes it)."""
     copies, copies_meta = node.copies.export()
     x_hat_self, sender_meta = node.sender.export()
     groups: dict[str, dict[str, torch.Tensor]] = {
@@ -38,6 +43,7 @@ def save(node: Node) -> None:
         "fingerprint": node.dual.fingerprint(),
         "copies": copies_meta,
         "trainer": node.trainer.state_meta(),
+        "record": record.to_json() if record is not None else None,
     }
     checkpoint.save(node.cfg.state_dir, checkpoint.flatten(groups), meta)
 
@@ -60,6 +66,7 @@ def resume(node: Node) -> None:
     node.completed_round = int(ck.meta["round"])
     node.last_eval_loss = float(ck.meta.get("last_eval_loss") or math.nan)
     node.copies.set_round(node.completed_round)
+    _restore_record(node, ck.meta.get("record"))
     log.info(
         "%s: resumed from %s at round %d (seq %d)",
         node.cfg.node_id,
@@ -67,3 +74,13 @@ def resume(node: Node) -> None:
         node.completed_round,
         node.sender.seq,
     )
+
+
+def _restore_record(node: Node, saved: dict | None) -> None:
+    """The checkpointed round's metrics line, if the process died before it reached metrics.jsonl."""
+    if not saved:
+        return
+    record = RoundRecord.from_json(saved)
+    if all(r.round != record.round for r in read_records(Path(node.cfg.state_dir) / METRICS_FILE)):
+        node.metrics.write(record)
+        log.info("%s: wrote round %d's metrics, lost by the last stop", node.cfg.node_id, record.round)

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 
+from fedpeer.errors import PeerUnavailable
 from fedpeer.wire.frames import AckInfo, Frame, PeerInfo, StatusInfo
 
 # Called with (peer, protobuf message) for every message this transport puts on the wire, just
@@ -28,7 +29,7 @@ class MeshHandler(Protocol):
     def on_frame(self, frame: Frame) -> AckInfo:
         """Validate and queue an update frame; raise FrameRejected to refuse it."""
 
-    def on_snapshot_request(self, requester: str) -> Frame:
+    def on_snapshot_request(self, requester: str, max_round: int = 0) -> Frame:
         """Our public copy x_hat as a snapshot frame (for a neighbour that must resync)."""
 
     def on_status(self) -> StatusInfo: ...
@@ -56,11 +57,22 @@ class Transport(ABC):
         """Stream one frame; raises PeerUnavailable (unreachable, deadline) or FrameRejected."""
 
     @abstractmethod
-    def fetch_snapshot(self, address: str, requester: str, timeout: float, max_payload: int) -> Frame:
+    def fetch_snapshot(
+        self, address: str, requester: str, timeout: float, max_payload: int, max_round: int = 0
+    ) -> Frame:
         """Pull a neighbour's public copy; raises PeerUnavailable or FrameRejected."""
 
     @abstractmethod
     def status(self, address: str, timeout: float) -> StatusInfo: ...
+
+    def alive(self, address: str, timeout: float) -> bool:
+        """Whether a node answers at `address` within `timeout` (failure detection while a round
+        waits: a dead or hung neighbour stops answering, a slow one does not)."""
+        try:
+            self.status(address, timeout)
+        except PeerUnavailable:
+            return False
+        return True
 
     @abstractmethod
     def close(self) -> None: ...

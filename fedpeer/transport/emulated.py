@@ -128,10 +128,12 @@ class EmulatedTransport(Transport):
         self._outbound(address, frame.round, f"update round {frame.round}", wire_size(frame), timeout)
         return self.inner.send_frame(address, frame, timeout)
 
-    def fetch_snapshot(self, address: str, requester: str, timeout: float, max_payload: int) -> Frame:
+    def fetch_snapshot(
+        self, address: str, requester: str, timeout: float, max_payload: int, max_round: int = 0
+    ) -> Frame:
         # The snapshot's bytes flow towards us: the peer's side waits for their transfer time.
         self._outbound(address, self.round, "snapshot request", 0, timeout)
-        return self.inner.fetch_snapshot(address, requester, timeout, max_payload)
+        return self.inner.fetch_snapshot(address, requester, timeout, max_payload, max_round)
 
     def status(self, address: str, timeout: float) -> StatusInfo:
         return self.inner.status(address, timeout)  # operators' calls are not part of the mesh's links
@@ -161,11 +163,11 @@ class _LinkFilter:
             raise FrameRejected(f"link {frame.sender}-{self.em.node_id} is cut in round {frame.round}")
         return self.handler.on_frame(frame)
 
-    def on_snapshot_request(self, requester: str) -> Frame:
+    def on_snapshot_request(self, requester: str, max_round: int = 0) -> Frame:
         rnd = self.em.round
         if self._cut(requester, rnd):
             raise PeerUnavailable(f"link {requester}-{self.em.node_id} is cut in round {rnd}")
-        frame = self.handler.on_snapshot_request(requester)
+        frame = self.handler.on_snapshot_request(requester, max_round)
         time.sleep(self.em.state(requester, rnd).transfer_s(wire_size(frame)))
         return frame
 

@@ -70,7 +70,7 @@ class _Servicer(pb_grpc.MeshServicer):
             yield self._out(context.peer(), serde.ack_to_proto(ack))
 
     def GetSnapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
-        frame = self.handler.on_snapshot_request(request.requester)
+        frame = self.handler.on_snapshot_request(request.requester, request.max_round)
         for chunk in serde.frame_to_chunks(frame):
             yield self._out(context.peer(), chunk)
 
@@ -174,9 +174,12 @@ class GrpcTransport(Transport):
             raise PeerUnavailable(f"{address} closed the stream without acknowledging round {frame.round}")
         return SendResult(ack=serde.ack_from_proto(first), wire_bytes=sent)
 
-    def fetch_snapshot(self, address: str, requester: str, timeout: float, max_payload: int) -> Frame:
+    def fetch_snapshot(
+        self, address: str, requester: str, timeout: float, max_payload: int, max_round: int = 0
+    ) -> Frame:
         try:
-            stream = self._stub(address).GetSnapshot(pb.SnapshotRequest(requester=requester), timeout=timeout)
+            request = pb.SnapshotRequest(requester=requester, max_round=max_round)
+            stream = self._stub(address).GetSnapshot(request, timeout=timeout)
             frame = serde.read_frame(iter(stream), max_payload)
         except grpc.RpcError as exc:
             raise _map_error(exc, address, "snapshot request") from None
@@ -199,6 +202,13 @@ class GrpcTransport(Transport):
         except grpc.RpcError as exc:
             raise _map_error(exc, address, "health check") from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def alive(self, address: str, timeout: float) -> bool:
+        """The standard health check answers SERVING (lighter than Status: no node state is read)."""
+        try:
+            return self.health(address, timeout) == "SERVING"
+        except PeerUnavailable:
+            return False
 
     def close(self) -> None:
         if self._server is not None:

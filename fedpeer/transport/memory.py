@@ -91,8 +91,10 @@ class MemoryTransport(Transport):
             ack = AckInfo(accepted=False, error=str(exc), applied_seq=0)
         return SendResult(ack=ack, wire_bytes=sum(c.ByteSize() for c in chunks))
 
-    def fetch_snapshot(self, address: str, requester: str, timeout: float, max_payload: int) -> Frame:
-        frame = self.network.handler(address).on_snapshot_request(requester)
+    def fetch_snapshot(
+        self, address: str, requester: str, timeout: float, max_payload: int, max_round: int = 0
+    ) -> Frame:
+        frame = self.network.handler(address).on_snapshot_request(requester, max_round)
         chunks: Iterator[pb.Chunk] = (_wire(c) for c in serde.frame_to_chunks(frame))
         received = serde.read_frame(chunks, max_payload)
         if received is None:

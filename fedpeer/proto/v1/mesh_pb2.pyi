@@ -115,10 +115,12 @@ class Ack(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., error: _Optional[str] = ..., applied_seq: _Optional[int] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
-    __slots__ = ("requester",)
+    __slots__ = ("requester", "max_round")
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROUND_FIELD_NUMBER: _ClassVar[int]
     requester: str
-    def __init__(self, requester: _Optional[str] = ...) -> None: ...
+    max_round: int
+    def __init__(self, requester: _Optional[str] = ..., max_round: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
