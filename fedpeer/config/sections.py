@@ -222,7 +222,8 @@ class GossipConfig:
         metadata={
             "help": "While a round waits, a neighbour that does not answer health checks for this long "
             "is dead or hung: the round goes on without it (a slow neighbour that answers is waited for "
-            "until round_timeout_s). A hung neighbour's streams fail within about 4 s (gRPC keepalive)."
+            "until round_timeout_s). The same holds for a send still running: a hung neighbour's stream is "
+            "given up on once it fails its health checks for this long."
         },
     )
     rpc_timeout_s: float = field(

@@ -34,7 +34,7 @@ from fedpeer.gossip.sender import SenderState
 from fedpeer.metrics import MetricsWriter, RoundRecord
 from fedpeer.model.dual_lora import DualLora
 from fedpeer.node import state
-from fedpeer.node.neighbours import SNAPSHOT_CODEC, Neighbours
+from fedpeer.node.neighbours import PROBE_EVERY_S, SNAPSHOT_CODEC, Neighbours
 from fedpeer.node.record import RoundOutcome, Timer, finish, round_line, round_record
 from fedpeer.node.service import IoCounters, NodeService
 from fedpeer.tensors import State
@@ -43,9 +43,6 @@ from fedpeer.transport.base import Transport
 from fedpeer.wire.frames import Frame, FrameKind, PeerInfo, decode_frame, encode_frame
 
 log = logging.getLogger("fedpeer.node")
-
-# While a round waits for neighbours, those still missing are health-checked this often.
-PROBE_EVERY_S = 1.0
 
 
 class Node:

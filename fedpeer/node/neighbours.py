@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from fedpeer import PROTOCOL_VERSION
@@ -27,6 +27,9 @@ log = logging.getLogger("fedpeer.node")
 SNAPSHOT_CODEC = "lossless"
 # While joining, say which neighbours we still wait for (and why) this often.
 JOIN_REPORT_S = 10.0
+# While a round waits on neighbours (a send, their updates), those still missing are health-checked
+# this often; failing checks for gossip.failure_timeout_s leave a neighbour out of the round.
+PROBE_EVERY_S = 1.0
 
 
 @dataclass
@@ -77,7 +80,9 @@ class Neighbours:
         self.me = me  # our handshake, as of now (round, address)
         self.fingerprint, self.fingerprint_fields = fingerprint, fingerprint_fields
         self.peers = {p.id: Peer(p.id, p.address) for p in cfg.neighbours}
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.peers)), thread_name_prefix="send")
+        # A send to a hung neighbour is given up on but keeps its thread until its deadline; room for
+        # a few of those beside each round's sends and health checks.
+        self._pool = ThreadPoolExecutor(max_workers=4 * len(self.peers) + 2, thread_name_prefix="send")
         self._codec_warned = False
 
     @property
@@ -184,11 +189,19 @@ class Neighbours:
         return fallback
 
     def broadcast(self, frame: Frame) -> SendReport:
-        """Send `frame` to every neighbour in parallel, each call with its deadline."""
+        """Send `frame` to every neighbour in parallel, each call with its deadline. A send still
+        running after PROBE_EVERY_S is to a slow or a hung neighbour: it is waited for while the
+        neighbour answers health checks, and given up on (left running, unreached) otherwise."""
         futures = {j: self._pool.submit(self._send_one, p, frame) for j, p in self.peers.items()}
+        running = dict(futures)
+        while running:
+            wait(running.values(), timeout=PROBE_EVERY_S)
+            running = {j: f for j, f in running.items() if not f.done()}
+            for j in self.unresponsive(set(running), frame.round):
+                del running[j]
         reached, wire = [], 0
         for j, fut in futures.items():
-            nbytes = fut.result()
+            nbytes = fut.result() if fut.done() else 0
             self.peers[j].reachable = nbytes > 0
             if nbytes > 0:
                 reached.append(j)
@@ -216,18 +229,22 @@ class Neighbours:
 
     def unresponsive(self, names: set[str], round: int) -> set[str]:
         """Those of `names` that have not answered a health check for failure_timeout_s: dead or hung
-        (a slow neighbour still answers, and is waited for until the round deadline)."""
+        (a slow neighbour still answers, and is waited for until the round deadline). Checks are
+        PROBE_EVERY_S apart and each waits PROBE_EVERY_S for its answer, so a neighbour that stops
+        answering is left out within failure_timeout_s + 2 * PROBE_EVERY_S (5 s by default)."""
         timeout = self.gossip.failure_timeout_s
+        asked = time.monotonic()
         probes = {
-            j: self._pool.submit(self.transport.alive, self.peers[j].address, timeout / 2) for j in names
+            j: self._pool.submit(self.transport.alive, self.peers[j].address, PROBE_EVERY_S) for j in names
         }
-        now, gone = time.monotonic(), set()
+        gone = set()
         for j, probe in probes.items():
             peer = self.peers[j]
             if probe.result():
                 peer.failing_since = None
                 continue
-            peer.failing_since = peer.failing_since or now
+            peer.failing_since = peer.failing_since or asked
+            now = time.monotonic()
             if now - peer.failing_since >= timeout:
                 gone.add(j)
                 log.warning(
