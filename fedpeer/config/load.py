@@ -15,15 +15,20 @@ from fedpeer.config.paths import resolve_paths
 from fedpeer.errors import ConfigError
 
 
+def read_toml(path: Path, what: str, hint: str) -> dict[str, Any]:
+    """A TOML file's table; ConfigError naming the file when it is missing (with `hint`) or invalid."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what} ({hint})")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_node_config(path: str | Path) -> NodeConfig:
     """Read and validate a node config file; relative paths in it are relative to the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file (write one with `fedpeer init {path}`)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, "config file", f"write one with `fedpeer init {path}`")
     try:
         cfg = from_dict(NodeConfig, data)
         cfg = resolve_paths(cfg, path.parent)

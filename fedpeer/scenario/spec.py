@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import tomllib
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from fedpeer.config import (
     convert_value,
     from_dict,
 )
+from fedpeer.config.load import read_toml
 from fedpeer.errors import ConfigError
 from fedpeer.gossip.topology import build_topology, neighbours
 
@@ -131,12 +131,7 @@ class ScenarioSpec:
 
 def load_scenario(path: str | Path) -> ScenarioSpec:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such scenario file (see scenarios/ for examples)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, "scenario file", "see scenarios/ for examples")
     try:
         spec = parse_scenario(data)
     except ConfigError as exc:
