@@ -22,18 +22,15 @@ import logging
 import math
 import time
 
-import torch
-
 from fedpeer import PROTOCOL_VERSION
 from fedpeer.codec import Codec, DecodeLimits, available_codecs, get_codec
 from fedpeer.config import NodeConfig
-from fedpeer.errors import TrainedAlone
 from fedpeer.gossip import choco
 from fedpeer.gossip.copies import PublicCopies
 from fedpeer.gossip.sender import SenderState
 from fedpeer.metrics import MetricsWriter, RoundRecord
 from fedpeer.model.dual_lora import DualLora
-from fedpeer.node import state
+from fedpeer.node import lifecycle, state
 from fedpeer.node.neighbours import PROBE_EVERY_S, SNAPSHOT_CODEC, Neighbours
 from fedpeer.node.record import RoundOutcome, Timer, finish, round_line, round_record
 from fedpeer.node.service import IoCounters, NodeService
@@ -85,16 +82,16 @@ class Node:
             self.dual.fingerprint(),
         )
         try:
-            t = self.join() + 1
+            t = lifecycle.join(self) + 1
             while t <= self.cfg.gossip.rounds:
                 self.run_round(t)
                 t = self.next_round(t)
             self.phase = "done"
-            log.info(self.finished_line())
+            log.info(lifecycle.finished_line(self))
             time.sleep(self.cfg.gossip.linger_s)  # serve snapshots to slower neighbours
         finally:
             self.close()
-        self.check_not_alone()
+        lifecycle.check_not_alone(self)
 
     def run_round(self, t: int) -> RoundRecord:
         timer = Timer()
@@ -165,62 +162,8 @@ class Node:
         if ahead <= t + self.copies.max_ahead:
             return t + 1
         log.info("%s: neighbours are at round %d after our round %d: catching up", self.cfg.node_id, ahead, t)
-        self.catch_up(ahead)
+        lifecycle.catch_up(self, ahead)
         return ahead
-
-    def join(self) -> int:
-        """Meet the neighbours; returns the round to continue after. A node up to max_rounds_ahead
-        behind (a restarted mesh, a quick restart) replays the rounds it missed: its neighbours kept
-        their public copies of those rounds and send them as snapshots, so mixing stays exact. One
-        further behind catches up: it jumps to the mesh's round and takes the mesh's adapter."""
-        self.phase = "joining"
-        done, mesh_round = self.completed_round, self.neighbours.join()
-        total = self.cfg.gossip.rounds
-        if mesh_round > done + self.copies.max_ahead or mesh_round >= total > done:
-            log.info(
-                "%s: the mesh is at round %d, we completed %d: catching up",
-                self.cfg.node_id,
-                mesh_round,
-                done,
-            )
-            self.catch_up(min(mesh_round, total))
-            if self.completed_round >= total:
-                log.info(
-                    "%s: the mesh finished its %d rounds while this node was away", self.cfg.node_id, total
-                )
-        elif mesh_round > done:
-            log.info(
-                "%s: the mesh is at round %d, we completed %d: replaying rounds %d-%d with our neighbours'"
-                " copies of them",
-                self.cfg.node_id,
-                mesh_round,
-                done,
-                done + 1,
-                mesh_round,
-            )
-        self.copies.set_round(self.completed_round)
-        return self.completed_round
-
-    def catch_up(self, to_round: int) -> None:
-        """We missed more rounds than the protocol can replay: jump to `to_round`, and rejoin the
-        consensus by taking the mesh's global adapter, the mean of our neighbours' public copies as of
-        that round (snapshots, which also resync our copies of them). Our local adapter is kept."""
-        self.copies.set_round(to_round)
-        fetched = [
-            j for j, p in self.neighbours.peers.items() if p.info is not None and self.resync(j, to_round)
-        ]
-        if fetched:
-            x_hats = list(self.copies.x_hats(fetched).values())
-            mean = {k: torch.stack([x[k] for x in x_hats]).mean(dim=0) for k in x_hats[0]}
-            self.dual.set_global_state(mean)
-            log.info(
-                "%s: took the mesh's global adapter at round %d (mean of %s)",
-                self.cfg.node_id,
-                to_round,
-                ", ".join(fetched),
-            )
-        self.completed_round = to_round
-        state.save(self)
 
     # ================================================================ steps of a round
     def encode_update(self, t: int, q: State, codec: Codec) -> Frame:
@@ -292,32 +235,6 @@ class Node:
             degree=self.neighbours.degree,
             epoch=self.sender.epoch,
             address=self.address or self.cfg.address,
-        )
-
-    # ================================================================ the end of a run
-    def finished_line(self) -> str:
-        total, ran = self.cfg.gossip.rounds, self.rounds_run
-        if ran == total:
-            return f"{self.cfg.node_id} finished: ran all {total} rounds"
-        return (
-            f"{self.cfg.node_id} finished at round {self.completed_round}/{total}: ran {ran} rounds "
-            f"in this run ({self.completed_round - ran} done before a restart or skipped catching up)"
-        )
-
-    def check_not_alone(self) -> None:
-        """A node that ran rounds but never heard from a neighbour trained alone: a mesh that did not
-        form must not pass for a working one (unless gossip.allow_solo asks for it)."""
-        peers = self.neighbours.peers
-        if self.rounds_run == 0 or self.heard_any or not peers:
-            return
-        why = "; ".join(f"{p.id}: {p.problem or 'never sent an update'}" for p in peers.values())
-        msg = f"{self.cfg.node_id} trained alone: it never heard from any neighbour ({why})"
-        if self.cfg.gossip.allow_solo:
-            log.warning("%s (allowed by gossip.allow_solo)", msg)
-            return
-        raise TrainedAlone(
-            f"{msg}. Check the neighbours' addresses, that they run, and that they use the same model "
-            "config; pass --allow-solo (gossip.allow_solo = true) to train without a mesh on purpose"
         )
 
     def close(self) -> None:
