@@ -157,6 +157,7 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             rounds=3,
             gamma=0.5,
             round_timeout_s=10.0,
+            failure_timeout_s=2.0,
             rpc_timeout_s=5.0,
             join_timeout_s=2.5,
             max_rounds_ahead=3,

@@ -147,6 +147,17 @@ class PublicCopies:
             c.pending = {s: p for s, p in c.pending.items() if s > seq}
             self._cv.notify_all()
 
+    def mark_lost(self, sender: str, round: int) -> bool:
+        """`sender` has sent its update of `round` (we know it completed that round), and, with what
+        was due applied, our copy is not up to date for it: the update was lost (we were down when
+        it was sent). Marks a resync; returns whether one was marked."""
+        with self._cv:
+            c = self._copy(sender)
+            if c.last_round >= round or c.needs_resync:
+                return False
+            c.needs_resync = True
+            return True
+
     def moved_on(self, round: int, names: set[str]) -> set[str]:
         """Neighbours among `names` that will not send an update of `round`: their copy is not up to
         date for it and all they have queued is of later rounds (they skipped it, catching up)."""

@@ -188,6 +188,13 @@ class Node:
         answering (gossip.failure_timeout_s) or has moved past round t. Returns those resynced."""
         deadline = time.monotonic() + self.cfg.gossip.round_timeout_s
         waiting, resynced = set(expected), []
+        # A neighbour that had completed round t when we met it sent its round-t update long ago; if
+        # it is not here, it was lost (we were down, replaying after a restart): resync at once.
+        done_t = {j for j in waiting if (info := self.neighbours.peers[j].info) and info.round >= t}
+        if done_t:
+            self.copies.apply_through(t)
+            for j in done_t:
+                self.copies.mark_lost(j, t)
         while True:
             self.copies.wait_for_round(t, waiting, min(deadline, time.monotonic() + PROBE_EVERY_S))
             for j in self.copies.apply_through(t):
