@@ -72,4 +72,5 @@ def test_killed_node_resumes_and_catches_up(tmp_path):
     # Back in the consensus within 2 rounds: its distance to its neighbours' copies is at the mesh's
     # level (within the others' spread plus a quarter) by its second round back.
     second = back + 1
-    assert by["node1"][second] <= 1.25 * max(by["node0"][second], by["node2"][second]), by
+    others = [d for d in (by["node0"][second], by["node2"][second]) if d is not None]  # None: mixed none
+    assert others and by["node1"][second] <= 1.25 * max(others), by
