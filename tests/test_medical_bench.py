@@ -188,7 +188,7 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
                 "--seeds",
                 "1",
                 "--methods",
-                "local,global,dual,central,fedrep,dual-ab",
+                "local,global,dual,central,fedrep,dual-ab,dual-a+dual_head=split",
                 "--model",
                 str(model),
                 "--out",
@@ -210,6 +210,7 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
             ("dual", "ring"),
             ("fedrep", "ring"),
             ("dual-ab", "ring"),
+            ("dual-a+dual_head=split", "ring"),
         }
     for r in result["results"]:
         assert set(r) >= {"task", "sites", "alpha", "method", "topology", "seed", "mean_score", "per_site"}
@@ -219,11 +220,16 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
     # A_g trained and shared (dual-ab) sends more than B_g alone (dual, FFA-LoRA)
     by = {(r["task"], r["method"]): r["bytes_per_link_round"] for r in result["results"]}
     assert by[("mtsamples", "dual-ab")] > by[("mtsamples", "dual")]
-    comparisons = {(p["task"], p["comparison"]) for p in result["paired"]}
+    # FedSA-LoRA sends A_g instead of B_g (and part of the head): about what FFA-LoRA sends
+    assert 0.5 < by[("mtsamples", "dual-a+dual_head=split")] / by[("mtsamples", "dual")] < 2.0
+    comparisons = {(p["task"], p["method"], p["comparison"]) for p in result["paired"]}
     assert comparisons == {
-        (t, c) for t in ("mtsamples", "abstracts") for c in ("dual-best_baseline", "dual-central")
+        (t, m, c)
+        for t in ("mtsamples", "abstracts")
+        for m in ("dual", "dual-ab", "dual-a+dual_head=split")
+        for c in ("dual-best_baseline", "dual-central")
     }
     for p in result["paired"]:
         assert p["n_pairs"] == 3 and p["ci95"][0] <= p["mean"] <= p["ci95"][1]
-    assert (tmp_path / "out" / "medical.md").read_text().count("dual-central") == 2
+    assert (tmp_path / "out" / "medical.md").read_text().count("dual-central") == 6
     assert (tmp_path / "out" / "mtsamples-n3-a1" / "report" / "report.md").exists()

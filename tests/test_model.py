@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 import fedpeer
 from fedpeer.config import AdapterConfig, ModelConfig
 from fedpeer.datasets.synth import DEMO_LABELS, demo_corpus
-from fedpeer.errors import ModelError
+from fedpeer.errors import ConfigError, ModelError
 from fedpeer.model import DualLora, build_tiny_model, load_dual_lora, resolve_device
 
 CPU = torch.device("cpu")
@@ -109,6 +110,65 @@ def test_train_global_a_puts_a_g_in_global_keys(tiny_llama_dir: Path) -> None:
     a_g = {n.removeprefix("base_model.model.") for n in params(dual, "lora_A.global")}
     assert a_g and a_g <= set(dual.global_keys())
     assert all(p.requires_grad for p in params(dual, "lora_A.global").values())
+
+
+@pytest.mark.parametrize(
+    ("share", "travels", "private", "frozen"),
+    [
+        ("b", {"lora_B.global"}, {"lora_A.local", "lora_B.local"}, {"lora_A.global"}),
+        ("a", {"lora_A.global"}, {"lora_A.local", "lora_B.local", "lora_B.global"}, set()),
+        ("ab", {"lora_A.global", "lora_B.global"}, {"lora_A.local", "lora_B.local"}, set()),
+    ],
+)
+def test_share_decides_which_factor_travels(
+    tiny_llama_dir: Path, share: str, travels: set, private: set, frozen: set
+) -> None:
+    dual = load(tiny_llama_dir, share=share)
+
+    def kinds(keys: object) -> set[str]:
+        return {".".join(k.split(".")[-3:-1]) for k in keys}  # "...lora_B.global.weight" -> lora_B.global
+
+    assert kinds(dual.global_keys()) == travels
+    assert kinds(dual.local_state()) == private
+    trained = {
+        n.removeprefix("base_model.model.") for n, p in dual.model.named_parameters() if p.requires_grad
+    }
+    assert kinds(trained) == travels | private
+    assert kinds(set(dual.adapter_state()) - trained) == frozen
+
+
+def test_share_a_keeps_b_g_off_the_allowlist(tiny_llama_dir: Path) -> None:
+    # The send path's allowlist refuses a private factor even if a role bug put it there.
+    dual = load(tiny_llama_dir, share="a")
+    roles = dual._roles
+    b_g = next(k for k in roles.local_keys if ".lora_B.global." in k)
+    bad = dataclasses.replace(roles, global_keys=(*roles.global_keys, b_g), local_keys=roles.local_keys)
+    with pytest.raises(ModelError, match="local tensors"):
+        DualLora(dual.model, dual.tokenizer, CPU, dual.task, bad, dual.fingerprint_fields())
+
+
+def test_split_head_shares_one_half_and_starts_as_the_whole(tiny_bert_cls_dir: Path) -> None:
+    whole = load(tiny_bert_cls_dir, "seq-cls", head="global")
+    split = load(tiny_bert_cls_dir, "seq-cls", head="split")
+    assert {k for k in split.global_keys() if k.startswith("classifier.")} == {
+        "classifier.shared.weight",
+        "classifier.shared.bias",
+    }
+    assert {k for k in split.local_state() if k.startswith("classifier.")} == {
+        "classifier.private.weight",
+        "classifier.private.bias",
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(split.model(**batch(split)).logits, whole.model(**batch(whole)).logits)
+        split.set_local_state({k: torch.ones_like(v) for k, v in split.local_state().items()})
+        assert not torch.allclose(split.model(**batch(split)).logits, whole.model(**batch(whole)).logits)
+
+
+def test_share_a_contradicts_train_global_a() -> None:
+    with pytest.raises(ConfigError, match="adapter.share"):
+        AdapterConfig(share="a", train_global_a=True).validate()
+    with pytest.raises(ConfigError, match="adapter.share"):
+        AdapterConfig(share="x").validate()
 
 
 def test_global_only_model(tiny_llama_dir: Path) -> None:
@@ -218,6 +278,7 @@ def other_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("last_k_blocks", False),
         ("mesh_seed", False),
         ("train_global_a", False),
+        ("share", False),
         ("base_weights", False),
         ("protocol", False),
     ],
@@ -247,6 +308,7 @@ def test_fingerprint(
             "last_k_blocks": 1,
             "mesh_seed": 3,
             "train_global_a": True,
+            "share": "a",
         }
         adapter = {change: adapter[change]}
     other = load(path, local_seed=seed, **adapter)

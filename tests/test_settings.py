@@ -20,6 +20,7 @@ from fedpeer.config import (
     ModelConfig,
     NodeConfig,
     PeerConfig,
+    TlsConfig,
     TrainConfig,
     load_node_config,
 )
@@ -72,7 +73,15 @@ def _flags_cfg(base: Path) -> NodeConfig:
         listen="0.0.0.0:50051",
         model=ModelConfig(path="org/m"),
         train=TrainConfig(data=str(base / "d.jsonl")),
+        tls=_init_tls(base),
     )
+
+
+def _init_tls(base: Path | None) -> TlsConfig:
+    """The [tls] `fedpeer init` writes without --pki: pki/ beside the config (absolute once loaded)."""
+    names = ("pki/ca.pem", "pki/site-a.pem", "pki/site-a.key")
+    ca, cert, key = (str(base / n) if base else n for n in names)
+    return TlsConfig(ca=ca, cert=cert, key=key)
 
 
 def test_every_setting_has_help() -> None:
@@ -113,6 +122,7 @@ def test_template_loads_back_to_the_defaults_plus_flags(tmp_path: Path) -> None:
         listen="0.0.0.0:50051",
         model=ModelConfig(path="org/m"),
         train=TrainConfig(data="d.jsonl"),
+        tls=_init_tls(None),
     )
     path = tmp_path / "node.toml"
     path.write_text(render_template(cfg, path))
@@ -139,6 +149,8 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             mesh_seed=7,
             use_local=False,
             head="local",
+            local_rank=2,
+            share="ab",
         ),
         train=TrainConfig(
             data=str(base / "train.jsonl"),
@@ -151,6 +163,8 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             max_length=64,
             seed=5,
             class_weights="balanced",
+            schedule="alternate",
+            frozen_cache_mb=64,
             device="cuda:1",
         ),
         gossip=GossipConfig(
@@ -164,6 +178,15 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             linger_s=0.5,
             weighting="val-loss",
             allow_solo=True,
+            robust="clipped",
+            clip_radius=0.5,
+            byzantine_fraction=0.3,
+            norm_bound=10.0,
+            dp=True,
+            dp_clip_norm=0.05,
+            dp_noise_multiplier=1.2,
+            dp_epsilon=50.0,
+            dp_delta=1e-6,
         ),
         codec=CodecConfig(
             name="pipeline",
@@ -175,6 +198,9 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             methods=("tt",),
             stochastic=True,
             budget_bytes=100_000,
+        ),
+        tls=TlsConfig(
+            ca=str(base / "ca.pem"), cert=str(base / "a.pem"), key=str(base / "a.key"), insecure=True
         ),
         links=(
             LinkConfig(
@@ -193,7 +219,7 @@ def test_every_value_round_trips(tmp_path: Path) -> None:
     cfg = _every_setting_changed(tmp_path)
     defaults = NodeConfig(node_id="", state_dir="")
     assert _unchanged(cfg, defaults) == []  # so that a value the template drops would show
-    for name in ("model", "adapter", "train", "gossip", "codec"):
+    for name in ("model", "adapter", "train", "gossip", "codec", "tls"):
         assert _unchanged(getattr(cfg, name), getattr(defaults, name)) == [], name
     assert _unchanged(cfg.links[0], LinkConfig(peer="")) == []
     path = tmp_path / "node.toml"
@@ -214,6 +240,7 @@ def test_init_writes_the_rendered_template(tmp_path: Path) -> None:
         neighbours=peers,
         model=ModelConfig(path="org/m"),
         train=TrainConfig(data="d.jsonl"),
+        tls=_init_tls(None),
     )
     assert path.read_text() == render_template(written, path)
     assert load_node_config(path) == dataclasses.replace(_flags_cfg(tmp_path), neighbours=peers)

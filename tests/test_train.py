@@ -367,7 +367,8 @@ def test_balanced_loss_is_the_weighted_cross_entropy(setup: tuple) -> None:
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
         with torch.no_grad():  # a confident head, so classes contribute unequal losses
-            t.dual.model.get_submodule(f"base_model.model.{t.dual.head}").weight.mul_(50.0)
+            for p in t.dual.model.get_submodule(f"base_model.model.{t.dual.head}").parameters():
+                p.mul_(50.0)  # any head layout (a split head's private part is zero)
         losses[mode] = t.train_round()
         batch = t._batch(t.train_examples)
         labels = batch.pop("labels")

@@ -73,11 +73,17 @@ def last_blocks(base: PreTrainedModel, k: int) -> tuple[list[int] | None, str | 
 
 
 def _lora_config(
-    adapter: AdapterConfig, targets: tuple[str, ...], layers: list[int] | None, pattern: str | None
+    adapter: AdapterConfig,
+    targets: tuple[str, ...],
+    layers: list[int] | None,
+    pattern: str | None,
+    rank: int | None = None,
 ) -> LoraConfig:
+    r = rank or adapter.rank
     return LoraConfig(
-        r=adapter.rank,
-        lora_alpha=adapter.alpha,  # type: ignore[arg-type]  # peft divides alpha by r: floats work
+        r=r,
+        # The same alpha / r scale at any rank. peft divides alpha by r: floats work.
+        lora_alpha=adapter.alpha * r / adapter.rank,  # type: ignore[arg-type]
         lora_dropout=adapter.dropout,
         target_modules=list(targets),
         layers_to_transform=layers,
@@ -99,7 +105,7 @@ def attach_adapters(
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
         model = get_peft_model(base, _lora_config(adapter, targets, layers, pattern), adapter_name=GLOBAL)
     if adapter.use_local:
-        model.add_adapter(LOCAL, _lora_config(adapter, targets, layers, pattern))
+        model.add_adapter(LOCAL, _lora_config(adapter, targets, layers, pattern, adapter.local_rank))
         cast(LoraModel, model.base_model).set_adapter([GLOBAL, LOCAL])
     return model
 

@@ -5,6 +5,7 @@ not fit the checkpoint's head), with its seq-cls head found and, when fresh, dra
 
 from __future__ import annotations
 
+import copy
 import logging
 import zlib
 from pathlib import Path
@@ -148,6 +149,30 @@ def find_head(base: PreTrainedModel) -> str:
         f"no classification head found (looked for {', '.join(HEAD_NAMES)} among "
         f"{', '.join(children)}); this architecture is not supported for seq-cls"
     )
+
+
+class SplitHead(torch.nn.Module):
+    """A head as the sum of a shared part and a private part, like W = W0 + B_g·A_g + B_l·A_l.
+
+    `shared` is the model's head; `private` is a copy of it with every parameter at zero, so the model
+    starts out as it was. Its parameters are named `<head>.shared.*` and `<head>.private.*`.
+    """
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.private = copy.deepcopy(head)
+        with torch.no_grad():
+            for p in self.private.parameters():
+                p.zero_()
+        self.shared = head
+
+    def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.shared(hidden, *args, **kwargs) + self.private(hidden, *args, **kwargs)
+
+
+def split_head(base: PreTrainedModel, head: str) -> None:
+    """Replace the head module by a SplitHead around it."""
+    setattr(base, head, SplitHead(base.get_submodule(head)))
 
 
 def init_head(base: PreTrainedModel, head: str, seed_text: str) -> None:

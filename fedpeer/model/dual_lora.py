@@ -36,7 +36,7 @@ from fedpeer.model.adapters import (
     resolve_targets,
     strip_peft_prefix,
 )
-from fedpeer.model.base import HEAD_NAMES, find_head, init_head, load_base, resolve_device
+from fedpeer.model.base import HEAD_NAMES, find_head, init_head, load_base, resolve_device, split_head
 from fedpeer.tensors import TensorSpec
 
 # Loading the base model is in base.py, attaching the adapters in adapters.py (re-exported here).
@@ -50,10 +50,11 @@ _HASH_ELEMENTS = 256
 class _Roles:
     """Adapter tensor names (peft prefix stripped) by role."""
 
-    global_keys: tuple[str, ...]  # travels: B_g (+A_g when trained) (+head when head == "global")
+    global_keys: tuple[str, ...]  # travels: B_g and/or A_g (adapter.share) (+head when head == "global")
     frozen_keys: tuple[str, ...]  # A_g under FFA-LoRA: same on every site, never sent
-    local_keys: tuple[str, ...]  # never leaves the site: A_l, B_l (+head when head == "local")
+    local_keys: tuple[str, ...]  # never leaves the site: A_l, B_l (+B_g under share "a") (+head when local)
     head: str | None  # module name of the seq-cls head ("classifier", "score", ...)
+    shared: str = "b"  # adapter.shared_factors: which global LoRA factors travel ("b", "a", "ab")
 
 
 class DualLora:
@@ -125,6 +126,14 @@ class DualLora:
         """Parameters the optimizer updates, in a stable order (global trained keys, then local)."""
         return [self._params[k] for k in (*self._roles.global_keys, *self._roles.local_keys)]
 
+    def shared_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters that travel (`global_keys()`), in `trainable_parameters` order."""
+        return [self._params[k] for k in self._roles.global_keys]
+
+    def private_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters that stay at the site (`local_state()`), in a stable order."""
+        return [self._params[k] for k in self._roles.local_keys]
+
     # --- identity -----------------------------------------------------------------------------------
     def fingerprint_fields(self) -> dict[str, str]:
         """Readable parts of the fingerprint, for mismatch messages."""
@@ -180,6 +189,8 @@ def load_dual_lora(
             # From the mesh seed even when private: sites' global adapters then start out learning for
             # the same head (seed 0-2 of benchmarks/hetero.py, dual/ring: 0.537 -> 0.554 macro-F1).
             init_head(base, head, f"{adapter.head}/{adapter.mesh_seed}")
+        if head is not None and adapter.head == "split":
+            split_head(base, head)
         for p in base.parameters():
             p.requires_grad_(False)
         targets = resolve_targets(base, adapter.target_modules)
@@ -201,13 +212,20 @@ def _assign_roles(model: PeftModel, adapter: AdapterConfig, head: str | None) ->
     head_keys = [n for n in names if head is not None and n.startswith(f"{head}.")]
     if not b_g:
         raise ModelError("no layer was adapted: check adapter.target_modules and adapter.last_k_blocks")
-    global_keys = b_g + (a_g if adapter.train_global_a else [])
+    shared = adapter.shared_factors
+    # "b" (FFA-LoRA): A_g frozen, B_g travels; "a" (FedSA-LoRA): A_g travels, B_g trains privately.
+    global_keys = (b_g if "b" in shared else []) + (a_g if "a" in shared else [])
+    if shared == "a":
+        local += b_g
     if adapter.head == GLOBAL:
         global_keys += head_keys
+    elif adapter.head == "split" and head is not None:
+        global_keys += [k for k in head_keys if k.startswith(f"{head}.shared.")]
+        local += [k for k in head_keys if k.startswith(f"{head}.private.")]
     else:
         local += head_keys
-    frozen = [] if adapter.train_global_a else a_g
-    return _Roles(tuple(sorted(global_keys)), tuple(sorted(frozen)), tuple(sorted(local)), head)
+    frozen = a_g if shared == "b" else []
+    return _Roles(tuple(sorted(global_keys)), tuple(sorted(frozen)), tuple(sorted(local)), head, shared)
 
 
 def _set_trainable(model: PeftModel, roles: _Roles) -> None:
@@ -223,6 +241,12 @@ def _check_roles(roles: _Roles, params: Mapping[str, torch.Tensor]) -> None:
     # The allowlist of the send path: a local tensor in it would leak the site's private adapter.
     leaked = set(roles.global_keys) & set(roles.local_keys)
     leaked |= {k for k in roles.global_keys if f".lora_A.{LOCAL}." in k or f".lora_B.{LOCAL}." in k}
+    if roles.head is not None:  # the private half of a split head
+        leaked |= {k for k in roles.global_keys if k.startswith(f"{roles.head}.private.")}
+    # A factor of the global adapter that the config keeps private (B_g under FedSA-LoRA, A_g under FFA).
+    for factor in "AB":
+        if factor.lower() not in roles.shared:
+            leaked |= {k for k in roles.global_keys if f".lora_{factor}.{GLOBAL}." in k}
     if leaked:
         raise ModelError(f"internal error: local tensors in the global key list: {sorted(leaked)[:3]}")
     unknown = [k for k in (*roles.global_keys, *roles.frozen_keys, *roles.local_keys) if k not in params]
@@ -250,6 +274,7 @@ def _fingerprint_fields(
         "lora": (
             f"rank={adapter.rank} alpha={adapter.alpha:g} targets={','.join(targets)} layers={layer_text} "
             f"train_global_a={adapter.train_global_a} head={head_scope}"
+            + ("" if adapter.share == "b" else f" share={adapter.share}")
         ),
         "mesh_seed": str(adapter.mesh_seed),
         "protocol": str(fedpeer.PROTOCOL_VERSION),

@@ -62,12 +62,17 @@ def export_peft(dual: DualLora, out_dir: str | Path, adapters: str = "both") -> 
     state = dual.adapter_state()
     config = cast(LoraConfig, copy.deepcopy(dual.model.peft_config[GLOBAL]))
     n = len(names)
-    config.r, config.lora_alpha = config.r * n, config.lora_alpha * n  # same alpha/r scaling
+    # Every adapter has the global one's alpha/r scaling (adapter.local_rank keeps it): so does the stack.
+    scale = config.lora_alpha / config.r
+    config.r = sum(cast(LoraConfig, dual.model.peft_config[name]).r for name in names)
+    config.lora_alpha = scale * config.r  # type: ignore[assignment]  # peft accepts a float alpha
     config.modules_to_save = [head] if head else None
     config.inference_mode = True
     config.base_model_name_or_path = dual.base_model.config.name_or_path
     config.save_pretrained(str(out))
-    save_file(_combined_tensors(state, names, head), str(out / _ADAPTER_FILE), metadata={"format": "pt"})
+    parts = ("shared",) if adapters == "global" else ("shared", "private")
+    tensors = _combined_tensors(state, names, head, parts)
+    save_file(tensors, str(out / _ADAPTER_FILE), metadata={"format": "pt"})
     what = _WHAT_DUAL if n == 2 else _WHAT_LOCAL if names == [LOCAL] else _WHAT_GLOBAL
     (out / "README.md").write_text(_readme(dual, config.r, out, what, head))
     return out
@@ -94,7 +99,7 @@ def _pick(dual: DualLora, adapters: str) -> tuple[list[str], str | None]:
 
 
 def _combined_tensors(
-    state: dict[str, torch.Tensor], adapters: list[str], head: str | None
+    state: dict[str, torch.Tensor], adapters: list[str], head: str | None, parts: tuple[str, ...]
 ) -> dict[str, torch.Tensor]:
     suffix = f".lora_A.{adapters[0]}.weight"
     modules = sorted(k[: -len(suffix)] for k in state if k.endswith(suffix))
@@ -104,8 +109,28 @@ def _combined_tensors(
         out[f"{_PREFIX}{m}.lora_A.weight"] = torch.cat([state[f"{m}.lora_A.{a}.weight"] for a in adapters], 0)
         out[f"{_PREFIX}{m}.lora_B.weight"] = torch.cat([state[f"{m}.lora_B.{a}.weight"] for a in adapters], 1)
     if head:
-        out.update({f"{_PREFIX}{k}": v for k, v in state.items() if k.startswith(f"{head}.")})
+        head_state = {k: v for k, v in state.items() if k.startswith(f"{head}.")}
+        out.update({f"{_PREFIX}{k}": v for k, v in _merged_head(head_state, head, parts).items()})
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def _merged_head(
+    state: dict[str, torch.Tensor], head: str, parts: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """The head as one module: a split head (adapter.head = "split") becomes the sum of its `parts`,
+    which is exact for a linear head (weight and bias), the head of every supported architecture."""
+    if not any(k.startswith(f"{head}.shared.") for k in state):
+        return state
+    merged: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        part, _, name = key[len(head) + 1 :].partition(".")
+        if name not in ("weight", "bias"):
+            raise ModelError(
+                f"cannot export the split head {head!r}: {key} is not a linear layer's weight or bias"
+            )
+        if part in parts:
+            merged[f"{head}.{name}"] = merged.get(f"{head}.{name}", 0) + value
+    return merged
 
 
 def _readme(dual: DualLora, rank: int, out: Path, what: str, head: str | None) -> str:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from fedpeer.config import ModelConfig, TrainConfig
 from fedpeer.errors import CheckpointError
 from fedpeer.model.dual_lora import DualLora
+from fedpeer.model.prefix import FrozenPrefix
 from fedpeer.train.data import (
     IGNORE_INDEX,
     Example,
@@ -35,6 +36,7 @@ from fedpeer.train.data import (
     split_prompt,
 )
 from fedpeer.train.metrics import macro_f1, rouge_l
+from fedpeer.train.prefix_cache import PrefixCache, shared_store
 
 __all__ = ["EVAL_GENERATE", "BatchOrder", "LocalTrainer", "balanced_class_weights", "macro_f1"]
 
@@ -93,6 +95,7 @@ class LocalTrainer:
         self.train_examples, self.eval_examples = load_site_data(model_cfg, train_cfg)
         self._order = BatchOrder(len(self.train_examples), train_cfg.batch_size, train_cfg.seed)
         self._params = dual.trainable_parameters()
+        self._shared, self._private = dual.shared_parameters(), dual.private_parameters()
         self._optim = torch.optim.AdamW(self._params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         self._input_names = _model_inputs(dual)
         self._rng = _initial_rng(train_cfg.seed, dual.device)
@@ -100,6 +103,7 @@ class LocalTrainer:
         self._draws_random = model_cfg.dropout or any(
             isinstance(m, torch.nn.Dropout) and m.p > 0 for m in dual.model.modules()
         )
+        self.prefix_cache = _prefix_cache(dual, model_cfg, train_cfg)
         self._class_weight: torch.Tensor | None = None
         if self.task == "seq-cls" and train_cfg.class_weights == "balanced":
             labels = [e.label for e in self.train_examples]
@@ -124,20 +128,38 @@ class LocalTrainer:
         losses = []
         turn = _RNG_LOCK if self._draws_random else contextlib.nullcontext()
         with turn, _private_rng(self._rng, self.dual.device):
-            for _ in range(self.cfg.steps_per_round):
-                losses.append(self._step(model))
+            for i in range(self.cfg.steps_per_round):
+                losses.append(self._step(model, i))
         self.rounds += 1
         return sum(losses) / len(losses)
 
-    def _step(self, model: torch.nn.Module) -> float:
-        batch = self._batch([self.train_examples[i] for i in self._order.next()])
+    def _resting(self, step_in_round: int) -> list[torch.nn.Parameter]:
+        """The part that `train.schedule` leaves alone at this step of the round (joint: none)."""
+        schedule = self.cfg.schedule
+        if schedule == "joint" or not self._private or not self._shared:
+            return []
+        half = max(1, self.cfg.steps_per_round // 2)  # a half has at least one step
+        if schedule == "alternate":
+            shared_turn = step_in_round % 2 == 0
+        elif schedule == "global-first":
+            shared_turn = step_in_round < half
+        else:  # local-first (FedRep's order): the private part, then the shared one
+            shared_turn = step_in_round >= half
+        return self._private if shared_turn else self._shared
+
+    def _step(self, model: torch.nn.Module, step_in_round: int) -> float:
+        examples = [self.train_examples[i] for i in self._order.next()]
+        batch = self._batch(examples)
         if self._class_weight is None:
-            loss = model(**batch).loss
+            loss = self._forward(model, examples, batch).loss
         else:
             labels = batch.pop("labels")
-            loss = F.cross_entropy(model(**batch).logits.float(), labels, weight=self._class_weight)
+            logits = self._forward(model, examples, batch).logits.float()
+            loss = F.cross_entropy(logits, labels, weight=self._class_weight)
         self._optim.zero_grad(set_to_none=True)
         loss.backward()
+        for p in self._resting(step_in_round):
+            p.grad = None  # AdamW leaves a parameter without a gradient untouched (no decay, no moments)
         self._optim.step()
         self.steps += 1
         return float(loss.detach())
@@ -157,7 +179,7 @@ class LocalTrainer:
             for examples in _chunks(self.eval_examples, self.cfg.batch_size):
                 batch = self._batch(examples)
                 labels = batch.pop("labels")
-                logits = model(**batch).logits.float()
+                logits = self._forward(model, examples, batch).logits.float()
                 batch_loss, batch_count = _loss_sum(logits, labels, self.task)
                 loss_sum, count = loss_sum + batch_loss, count + batch_count
                 if self.task == "seq-cls":
@@ -212,6 +234,14 @@ class LocalTrainer:
             eos_token_id=tokenizer.eos_token_id,
         )
         return tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+
+    def _forward(
+        self, model: torch.nn.Module, examples: Sequence[Example], batch: dict[str, torch.Tensor]
+    ) -> Any:
+        """model(**batch); with the frozen prefix replayed from the cache when there is one."""
+        if self.prefix_cache is None:
+            return model(**batch)
+        return self.prefix_cache.forward(model, examples, batch)
 
     def _batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         batch = make_batch(examples, self.dual.tokenizer, self.task, self.cfg.max_length, self._input_names)
@@ -271,6 +301,27 @@ class LocalTrainer:
             int(meta["pos"]),
         )
         self.rounds, self.steps = int(meta["rounds"]), int(meta["steps"])
+
+
+def _prefix_cache(dual: DualLora, model_cfg: ModelConfig, train_cfg: TrainConfig) -> PrefixCache | None:
+    # Dropout in the base would make the frozen blocks' output differ from one pass to the next.
+    if train_cfg.frozen_cache_mb == 0 or model_cfg.dropout:
+        return None
+    prefix = FrozenPrefix.find(dual.model, (dual.head,) if dual.head else ())
+    if prefix is None:
+        return None
+    # Rows are shared with every trainer of this process whose prefix computes the same thing.
+    fields = dual.fingerprint_fields()
+    key = (
+        fields["base_weights"],
+        fields["base_config"],
+        fields["tokenizer"],
+        model_cfg.task,
+        f"cut={prefix.n_frozen}",
+        f"max_length={train_cfg.max_length}",
+        str(dual.device),
+    )
+    return PrefixCache(prefix, shared_store(key, train_cfg.frozen_cache_mb * 2**20))
 
 
 def _unflatten_optim(tensors: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
