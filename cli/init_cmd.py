@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from fedpeer_cli.common import friendly_errors
 
-from fedpeer.config import ModelConfig, NodeConfig, PeerConfig, TrainConfig, render_template
+from fedpeer.config import ModelConfig, NodeConfig, PeerConfig, TlsConfig, TrainConfig, render_template
 from fedpeer.errors import ConfigError
 
 
@@ -20,10 +21,20 @@ def init(
         str,
         typer.Option(
             metavar="HOST:PORT",
-            help="Where to serve neighbours. gRPC is plaintext and unauthenticated today: prefer a "
-            "private interface or VPN address to 0.0.0.0.",
+            help="Where to serve neighbours (over mutual TLS: only holders of a mesh certificate get "
+            "an answer).",
         ),
     ] = "0.0.0.0:50051",
+    pki: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="The mesh's certificate folder: ca.pem and this site's NAME.key / NAME.pem, as the "
+            "consortium's CA issued them (`fedpeer pki issue DIR NAME`). Where DIR holds the CA's key "
+            "and the site has no certificate yet, one is issued now. Default: pki/ beside the config, "
+            "to be filled in.",
+        ),
+    ] = None,
     neighbour: Annotated[
         list[str] | None,
         typer.Option(
@@ -46,6 +57,7 @@ def init(
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; pass --force to overwrite it")
     peers = [_peer(item) for item in neighbour or []]
+    tls, tls_note = _tls(path, pki, node_id, listen)
     cfg = NodeConfig(
         node_id=node_id,
         state_dir=f"state/{node_id}",
@@ -53,18 +65,44 @@ def init(
         neighbours=tuple(peers),
         model=ModelConfig(path=model or "path/to/base-model", task=task),
         train=TrainConfig(data=data or "data/train.jsonl"),
+        tls=tls,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_template(cfg, path))
     todo = _still_to_edit(model, data, task, bool(neighbour))
     edit = f"edit {todo}, then" if todo else "check it, then run"
     typer.echo(f"wrote {path}; {edit}: fedpeer node run --config {path}")
-    if listen.rpartition(":")[0] in ("0.0.0.0", "[::]", ""):
-        typer.echo(
-            f"note: listen {listen} serves every interface, and gRPC is plaintext and unauthenticated "
-            "today: prefer a private interface or VPN address",
-            err=True,
+    if tls_note:
+        typer.echo(tls_note, err=True)
+
+
+def _tls(path: Path, pki: Path | None, node_id: str, listen: str) -> tuple[TlsConfig, str]:
+    """The [tls] table (paths relative to the config file) and what the site still has to do."""
+    from fedpeer.security.pki import CA_CERT, CA_KEY, check_node_id, issue
+
+    check_node_id(node_id)
+    folder = pki if pki is not None else path.parent / "pki"
+    key, cert, ca = folder / f"{node_id}.key", folder / f"{node_id}.pem", folder / CA_CERT
+    note = ""
+    if pki is not None and not cert.exists():
+        if not (pki / CA_KEY).exists():
+            raise ConfigError(
+                f"{pki} has no certificate for {node_id} ({cert.name}) and no CA key to issue one: ask "
+                f"the mesh's CA for it (`fedpeer pki issue CA_DIR {node_id}`) and put it there"
+            )
+        host = listen.rpartition(":")[0].strip("[]")
+        issue(pki, node_id, (host,) if host not in ("0.0.0.0", "::", "") else ())
+        note = f"issued {cert} and {key} for {node_id} from the CA in {pki}"
+    elif pki is None:
+        note = (
+            f"note: [tls] expects {ca}, {cert} and {key}: get them from the mesh's CA "
+            f"(`fedpeer pki issue CA_DIR {node_id}`), or pass --pki DIR"
         )
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p.resolve(), path.parent.resolve())
+
+    return TlsConfig(ca=rel(ca), cert=rel(cert), key=rel(key)), note
 
 
 def _peer(item: str) -> PeerConfig:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from fedpeer_cli import export_cmd, init_cmd, node_cmd, report_cmd, scenario_cmd, status_cmd
+from fedpeer_cli import export_cmd, init_cmd, node_cmd, pki_cmd, report_cmd, scenario_cmd, status_cmd
 from fedpeer_cli.common import Command
 
 app = typer.Typer(
     name="fedpeer",
     help=__doc__
-    + "\n\nA site: `fedpeer init node.toml`, edit it, then `fedpeer node run --config node.toml`.\n\n"
+    + "\n\nA site: `fedpeer init node.toml --pki DIR`, edit it, then `fedpeer node run --config node.toml`"
+    " (certificates: `fedpeer pki`).\n\n"
     "A researcher: `fedpeer scenario run scenarios/ring4.toml --out runs/ring4`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -45,6 +46,7 @@ app.command("status", cls=Command)(status_cmd.status)
 app.command("export", cls=Command)(export_cmd.export)
 app.command("report", cls=Command)(report_cmd.report)
 app.add_typer(node_cmd.app, name="node")
+app.add_typer(pki_cmd.app, name="pki")
 app.add_typer(scenario_cmd.app, name="scenario")
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ def run(
 ) -> None:
     """Join the mesh: serve neighbours over gRPC, train, exchange and mix the global adapter each round.
 
+    Neighbours talk over mutual TLS ([tls] in the config: the mesh CA, this node's certificate and
+    key, from `fedpeer pki`); only the configured neighbours, proven by their certificates, may
+    exchange updates. tls.insecure = true runs plaintext, for isolated test networks only.
+
     Progress is logged per round; metrics go to STATE_DIR/metrics.jsonl and a checkpoint to
     STATE_DIR/checkpoint.safetensors after every round. Started again on the same state_dir, the
     node resumes from its last completed round and catches up with the mesh. Ctrl-C exits 130,
@@ -53,11 +57,15 @@ def run(
     cfg = _with_flags(load_node_config(config), device=device, rounds=rounds, allow_solo=allow_solo or None)
     stop_on_sigterm()
 
+    from fedpeer.security.tls import node_identity
+
+    tls = node_identity(cfg.tls, cfg.node_id)  # checked before the model loads
+
     from fedpeer.node import build_node
     from fedpeer.transport.emulated import emulate_links
     from fedpeer.transport.grpc_transport import GrpcTransport
 
-    transport = GrpcTransport(max_payload=int(cfg.codec.max_payload_mb * 2**20))
+    transport = GrpcTransport(max_payload=int(cfg.codec.max_payload_mb * 2**20), tls=tls)
     # A scenario's link faults (cut, partition, slow: node.toml [[links]]) act inside the transport.
     build_node(cfg, emulate_links(transport, cfg)).run()
 

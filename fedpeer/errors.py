@@ -35,6 +35,10 @@ class PeerUnavailable(FedpeerError):
     """A neighbour could not be reached within its deadline."""
 
 
+class PeerBusy(PeerUnavailable):
+    """A neighbour is up but has no stream slot free for us right now: try again shortly."""
+
+
 class CheckpointError(FedpeerError):
     """A checkpoint is missing, corrupt or does not fit the configured model."""
 

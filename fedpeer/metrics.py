@@ -83,6 +83,17 @@ class RoundRecord:
     neighbours_reached: list[str] | None = None
     resynced: list[str] | None = None
     frames_rejected: int | None = None
+    # gossip.robust / gossip.norm_bound (keys only present when on): the clipping radius used (null:
+    # none bounded the mix), the neighbours whose contribution was clipped, and those left out for
+    # exceeding the bound
+    clip_radius: float | None = None
+    clipped: list[str] | None = None
+    offenders: list[str] | None = None
+    # gossip.dp (keys only present when on): privacy loss spent so far (all updates this site sent),
+    # its delta, and this round's global update norm before clipping to gossip.dp_clip_norm
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_update_norm: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of this round, keys in the order the node has always written them."""
@@ -91,7 +102,7 @@ class RoundRecord:
             value = getattr(self, f.name)
             if f.name == "evaluation":
                 out.update(value)
-            else:
+            elif value is not None or f.name not in _ONLY_WHEN_SET:
                 out[f.name] = value
         return {k: _clean(v) for k, v in out.items()}
 
@@ -115,6 +126,11 @@ class RoundRecord:
 
 
 _RECORD_KEYS = frozenset(f.name for f in dataclasses.fields(RoundRecord)) - {"evaluation"}
+# Keys of optional features (robust mixing, DP): in the line only when the feature is on, so a node
+# without them writes the same line as before they existed.
+_ONLY_WHEN_SET = frozenset(
+    {"clip_radius", "clipped", "offenders", "dp_epsilon", "dp_delta", "dp_update_norm"}
+)
 
 
 def _is_number_or_null(v: Any) -> bool:

@@ -51,7 +51,7 @@ def tiny_spec(**sections: Any) -> ScenarioSpec:
 def prepared_memory(spec: ScenarioSpec, out) -> PreparedScenario:
     from fedpeer.scenario.spec import node_names
 
-    return prepare(spec, out, {n: f"mem-{n}:1" for n in node_names(spec)})
+    return prepare(spec, out, {n: f"mem-{n}:1" for n in node_names(spec)}, tls=False)
 
 
 def run_threads(nodes: list[Node], target: Callable[[Node], None] | None = None) -> None:

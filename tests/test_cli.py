@@ -18,7 +18,7 @@ def invoke(*args):
 
 def test_help_lists_the_commands():
     out = invoke("--help").output
-    for cmd in ("init", "node", "status", "scenario", "export"):
+    for cmd in ("init", "node", "status", "scenario", "export", "pki"):
         assert cmd in out
 
 
@@ -158,3 +158,87 @@ def test_status_of_a_live_node(tmp_path):
         assert "node1" in table.output and "SERVING" in table.output
     finally:
         node.close()
+
+
+def test_status_of_a_tls_node_needs_a_mesh_certificate(tmp_path):
+    from fedpeer.node import build_node
+    from fedpeer.scenario.runner import free_loopback_addresses
+    from fedpeer.scenario.spec import node_names, prepare
+    from fedpeer.security.tls import node_identity
+    from fedpeer.transport.grpc_transport import GrpcTransport
+    from tests.meshutil import tiny_spec
+
+    spec = tiny_spec(nodes=2, topology="complete")
+    cfg = prepare(spec, tmp_path, free_loopback_addresses(node_names(spec))).nodes[0]
+    node = build_node(cfg, GrpcTransport(tls=node_identity(cfg.tls, cfg.node_id)))
+    node.address = node.transport.serve(cfg.listen, node.service)
+    pki_dir = tmp_path / "pki"
+    assert invoke("pki", "issue", pki_dir, "operator").exit_code == 0
+    creds = [
+        "--ca",
+        pki_dir / "ca.pem",
+        "--cert",
+        pki_dir / "operator.pem",
+        "--key",
+        pki_dir / "operator.key",
+    ]
+    try:
+        plain = invoke("status", node.address, "--timeout", "2")
+        assert plain.exit_code == 2 and "pass --ca, --cert and --key" in plain.output
+        by_id = invoke("status", node.address, *creds, "--node-id", "node0", "--json")
+        assert by_id.exit_code == 0, by_id.output
+        assert json.loads(by_id.output)["node"]["node_id"] == "node0"
+        by_host = invoke("status", node.address, *creds, "--json")  # its certificate lists 127.0.0.1
+        assert by_host.exit_code == 0, by_host.output
+        wrong = invoke("status", node.address, *creds, "--node-id", "node1", "--timeout", "2")
+        assert wrong.exit_code == 2 and "did not prove to be the node" in wrong.output
+        half = invoke("status", node.address, "--ca", pki_dir / "ca.pem")
+        assert half.exit_code == 2 and "go together" in half.output
+    finally:
+        node.close()
+
+
+def test_pki_commands_and_init_with_a_pki_folder(tmp_path):
+    pki_dir = tmp_path / "pki"
+    r = invoke("pki", "init", pki_dir)
+    assert r.exit_code == 0 and "ca.pem" in r.output
+    r = invoke("pki", "issue", pki_dir, "site-b", "--host", "10.0.0.2", "--host", "site-b.example.org")
+    assert r.exit_code == 0, r.output
+    shown = invoke("pki", "show", pki_dir / "site-b.pem").output
+    assert "node id     site-b" in shown and "10.0.0.2" in shown and "site-b.example.org" in shown
+    # init issues site-a's certificate from the CA it finds there, and the config names the files.
+    path = tmp_path / "conf" / "node.toml"
+    r = invoke(
+        "init",
+        path,
+        "--node-id",
+        "site-a",
+        "--pki",
+        pki_dir,
+        "--listen",
+        "10.0.0.1:50051",
+        "--model",
+        "org/m",
+    )
+    assert r.exit_code == 0, r.output
+    cfg = load_node_config(path)
+    assert cfg.tls.cert == str((pki_dir / "site-a.pem").resolve()) and not cfg.tls.insecure
+    assert "10.0.0.1" in invoke("pki", "show", pki_dir / "site-a.pem").output
+    # Without --pki, the config expects pki/ beside it and says where the files must come from.
+    other = tmp_path / "plain" / "node.toml"
+    r = invoke("init", other, "--node-id", "site-c", "--model", "org/m")
+    assert r.exit_code == 0 and "get them from the mesh's CA" in r.output
+    assert load_node_config(other).tls.key == str((tmp_path / "plain" / "pki" / "site-c.key").resolve())
+    bad = invoke("pki", "issue", tmp_path / "nowhere", "x")
+    assert bad.exit_code == 2 and "pki init" in bad.output
+
+
+def test_node_run_without_credentials_says_how_to_get_them(tmp_path):
+    path = tmp_path / "node.toml"
+    invoke("init", path, "--node-id", "site-a", "--model", "some/model", "--data", "train.jsonl")
+    text = path.read_text()
+    r = invoke("node", "run", "--config", path)
+    assert r.exit_code == 2 and "tls.ca: no such file" in r.output and "fedpeer pki issue" in r.output
+    path.write_text(text.replace('ca = "pki/ca.pem"', 'ca = ""'))
+    r = invoke("node", "run", "--config", path)
+    assert r.exit_code == 2 and "tls.ca is not set" in r.output and "tls.insecure" in r.output

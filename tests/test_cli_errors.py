@@ -218,7 +218,7 @@ def test_overrides_reach_the_node(tmp_path: Path, monkeypatch, keep_sigterm_hand
             pass
 
     monkeypatch.setattr(fedpeer.node, "build_node", FakeNode)
-    config = write_config(tmp_path, tmp_path)
+    config = write_config(tmp_path, tmp_path, tls={"insecure": True})
     r = invoke("node", "run", "--config", config, "--rounds", "3", "--device", "cpu", "--allow-solo")
     assert r.exit_code == 0, r.output
     (cfg,) = seen
@@ -327,11 +327,12 @@ def test_init_mentions_only_what_is_left_to_edit(tmp_path: Path) -> None:
     assert given.exit_code == 0
     assert "check it, then run: fedpeer node run" in given.stdout
     bare = invoke("init", tmp_path / "b.toml", "--model", "org/m", "--listen", "10.8.0.2:50051")
-    assert "edit [train] data and the neighbours, then:" in bare.stdout and bare.stderr == ""
+    assert "edit [train] data and the neighbours, then:" in bare.stdout
+    # Without --pki, one note says where the TLS files must come from, and nothing else is said.
+    assert bare.stderr.startswith("note: [tls] expects") and bare.stderr.count("\n") == 1
     cls = invoke("init", tmp_path / "c.toml", "--task", "seq-cls")
     assert "edit [model] path, [model] labels, [train] data and the neighbours, then:" in cls.stdout
-    assert "plaintext and unauthenticated" in cls.stderr  # listen 0.0.0.0
-    assert "plaintext and unauthenticated" in (tmp_path / "c.toml").read_text()
+    assert "mutual TLS" in (tmp_path / "c.toml").read_text()
 
 
 # --- 7. signals and --log-file ------------------------------------------------------------------------

@@ -106,11 +106,17 @@ def test_export_restore_round_trip():
     assert value(d) == 1.0 and d.copies["a"].applied_seq == 1 and d.copies["a"].epoch == "e"
 
 
-def test_a_frame_too_far_ahead_is_refused_but_marks_a_resync_and_the_round_to_catch_up_to():
+def test_a_frame_too_far_ahead_is_refused_changes_no_state_and_is_only_noted_as_a_claim():
     c = make()
     c.set_round(1)
+    before = (c.copies["a"].applied_seq, c.copies["a"].epoch, dict(c.copies["a"].pending))
     with pytest.raises(FrameRejected, match="ahead"):
         c.offer("a", "e", round=7, seq=7, q=q(1.0))
-    assert c.copies["a"].needs_resync and c.highest_round_seen == 7
-    # The refused update will never come: the laggard must not wait for it.
+    a = c.copies["a"]
+    assert (a.applied_seq, a.epoch, a.pending) == before and not a.needs_resync and value(c) == 0.0
+    # The refused update will never come: the laggard must not wait for it ...
     assert c.wait_for_round(1, {"a"}, deadline=time.monotonic() + 5) == {"a"}
+    assert c.claims({"a"}, beyond=1) == {"a": 7} and c.moved_on(1, {"a"}) == set()
+    # ... and the claim is handed to the round loop once, to be checked with the neighbour.
+    assert c.take_ahead_claims(beyond=1 + c.max_ahead) == {"a": 7}
+    assert c.take_ahead_claims(beyond=0) == {}

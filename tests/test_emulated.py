@@ -43,6 +43,12 @@ class Recorder:
         self.name = name
         self.frames: list[int] = []
 
+    def authorized(self, node_id: str) -> bool:
+        return True
+
+    def check_header(self, header: Frame, payload_length: int) -> None:
+        pass
+
     def on_hello(self, peer: PeerInfo) -> PeerInfo:
         return info(self.name)
 

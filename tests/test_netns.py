@@ -67,6 +67,12 @@ PROBE = textwrap.dedent(
     from fedpeer.wire.frames import AckInfo, Frame, FrameKind
 
     class Sink:  # accepts any frame without decoding it
+        def authorized(self, node_id):
+            return True
+
+        def check_header(self, header, payload_length):
+            pass
+
         def on_frame(self, f):
             return AckInfo(accepted=True, error="", applied_seq=f.seq)
 

@@ -373,6 +373,7 @@ def test_preparing_a_tiny_scenario_shows_no_progress_bars(tmp_path, capfd):
     assert lines == [
         f"writing demo data for 2 sites under {tmp_path / 'data'}",
         f"preparing the tiny model (llama, 2 layers, hidden 16) under {tmp_path / 'model'}",
+        f"mutual TLS between the nodes: a CA and one certificate per node under {tmp_path / 'pki'}",
     ]
 
 

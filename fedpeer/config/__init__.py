@@ -1,7 +1,7 @@
 """Node configuration: frozen dataclasses, loaded from TOML with errors that name the field.
 
 A node config file has one table per section dataclass (`[model]`, `[adapter]`, `[train]`,
-`[gossip]`, `[codec]`) plus top-level `node_id`, `state_dir`, `listen`, `advertise` and the
+`[gossip]`, `[codec]`, `[tls]`) plus top-level `node_id`, `state_dir`, `listen`, `advertise` and the
 `[[neighbours]]` and `[[links]]` arrays. Each setting is defined once, in `sections` or `node`: its
 type, default and `help` metadata (why the default is what it is). `fedpeer init` writes them as a
 commented file (`template.render_template`); validation stays in each class's `validate`.
@@ -17,7 +17,7 @@ from __future__ import annotations
 from fedpeer.config.convert import convert_value, from_dict, to_dict
 from fedpeer.config.dump import dump_toml, toml_value
 from fedpeer.config.load import load_node_config, with_overrides
-from fedpeer.config.node import LinkConfig, NodeConfig, PeerConfig
+from fedpeer.config.node import LinkConfig, NodeConfig, PeerConfig, TlsConfig
 from fedpeer.config.paths import hub_id_shaped, in_hub_cache, missing_model_dir, resolve_paths
 from fedpeer.config.sections import (
     CLASS_WEIGHTS,
@@ -44,6 +44,7 @@ __all__ = [
     "ModelConfig",
     "NodeConfig",
     "PeerConfig",
+    "TlsConfig",
     "TrainConfig",
     "convert_value",
     "dump_toml",

@@ -27,6 +27,50 @@ class PeerConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Mutual TLS between neighbours: every node proves its node id with a certificate of the mesh's CA."""
+
+    ca: str = field(
+        default="",
+        metadata={
+            "help": "PEM file of the CA(s) whose certificates this node trusts (a consortium with one CA "
+            "per hospital concatenates them). Relative to this file."
+        },
+    )
+    cert: str = field(
+        default="",
+        metadata={
+            "help": "This node's certificate (`fedpeer pki issue CA_DIR NODE_ID`): its identity "
+            "fedpeer://mesh/<node_id> must be this node_id."
+        },
+    )
+    key: str = field(default="", metadata={"help": "This node's private key (kept 0600)."})
+    insecure: bool = field(
+        default=False,
+        metadata={
+            "help": "true: plaintext gRPC, no peer authentication: anyone who can reach `listen` can read "
+            "updates and send frames as any neighbour. Only on an isolated test network."
+        },
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return not self.insecure
+
+    def validate(self) -> None:
+        if self.insecure:
+            return
+        missing = [name for name in ("ca", "cert", "key") if not getattr(self, name)]
+        require(
+            not missing,
+            f"tls.{missing[0] if missing else 'ca'}",
+            "is not set: a node needs the mesh CA, its certificate and its key (`fedpeer pki init DIR`, "
+            "then `fedpeer pki issue DIR NODE_ID`; `fedpeer init --pki DIR` writes them into the config), "
+            "or tls.insecure = true for plaintext on an isolated test network",
+        )
+
+
+@dataclass(frozen=True)
 class LinkConfig:
     """Emulated conditions of the link to one neighbour during some rounds (a scenario's faults).
 
@@ -94,10 +138,9 @@ class NodeConfig:
     listen: str = field(
         default="127.0.0.1:50051",
         metadata={
-            "help": "HOST:PORT this node serves its neighbours on.\ngRPC traffic between nodes is "
-            "plaintext and unauthenticated today (no TLS yet): anyone who can reach `listen` can read "
-            "the updates and send frames. 0.0.0.0 listens on every interface, public ones included: "
-            'bind to a private interface or a VPN address (e.g. "10.8.0.2:50051") until TLS lands.'
+            "help": "HOST:PORT this node serves its neighbours on, over mutual TLS ([tls]): only holders "
+            "of a certificate of the mesh CA get an answer, and only the configured neighbours may "
+            "exchange updates. 0.0.0.0 listens on every interface."
         },
     )
     advertise: str = field(
@@ -128,6 +171,10 @@ class NodeConfig:
     )
     codec: CodecConfig = field(
         default=CodecConfig(), metadata={"help": "How this node encodes the updates it sends."}
+    )
+    tls: TlsConfig = field(
+        default=TlsConfig(),
+        metadata={"help": "Mutual TLS: the mesh CA, this node's certificate and key (see `fedpeer pki`)."},
     )
     links: tuple[LinkConfig, ...] = field(
         default=(),

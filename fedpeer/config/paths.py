@@ -63,4 +63,5 @@ def resolve_paths(cfg: NodeConfig, base: Path) -> NodeConfig:
         state_dir=fix(cfg.state_dir),
         model=dataclasses.replace(cfg.model, path=model_path),
         train=dataclasses.replace(cfg.train, data=fix(cfg.train.data), eval_data=fix(cfg.train.eval_data)),
+        tls=dataclasses.replace(cfg.tls, ca=fix(cfg.tls.ca), cert=fix(cfg.tls.cert), key=fix(cfg.tls.key)),
     )

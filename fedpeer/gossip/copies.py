@@ -11,8 +11,10 @@ order: the sender and all its receivers must agree on x_hat_j bit for bit. The r
 3. A replay (seq already applied or already queued) is dropped. A frame from a new epoch, or a gap
    in seq below an update that is due, marks the neighbour for *resync*: the round loop pulls the
    sender's whole x_hat (a snapshot with its seq) and continues from there.
-4. Frames more than `max_ahead` rounds ahead of ours are refused (bounds memory); the sender is
-   then resynced by snapshot, and the round loop jumps ahead to the neighbours' round.
+4. Frames more than `max_ahead` rounds ahead of ours are refused (bounds memory) and change no
+   state: the round each one claims is only noted (`ahead_claims`). The round loop stops waiting
+   for that neighbour, asks the neighbour itself which round it is at, and catches up to what it
+   confirms (`Node.next_round`), never to a round a frame merely claims.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ class PublicCopies:
     def __init__(self, zeros: Mapping[str, torch.Tensor], neighbours: list[str], max_ahead: int) -> None:
         self.max_ahead = max_ahead
         self.current_round = 0
-        # The latest round any neighbour has sent us an update for: a node that fell behind jumps there.
-        self.highest_round_seen = 0
+        # Rounds claimed by refused frames too far ahead of ours, per sender: unconfirmed hints that
+        # the round loop checks with the neighbour before it catches up.
+        self.ahead_claims: dict[str, int] = {}
         self.copies = {
             j: NeighbourCopy(x_hat={k: torch.zeros_like(v) for k, v in zeros.items()}) for j in neighbours
         }
@@ -65,11 +68,10 @@ class PublicCopies:
         """Queue update `seq` of `sender`; returns the applied seq. Raises FrameRejected."""
         with self._cv:
             c = self._copy(sender)
-            self.highest_round_seen = max(self.highest_round_seen, round)
             if round > self.current_round + self.max_ahead:
-                # This update is lost to us: resync from the sender's snapshot rather than wait for
-                # it, and let the round loop catch up (`highest_round_seen`).
-                c.needs_resync = True
+                # Lost to us, and no state changes: the round loop stops waiting for this sender and
+                # asks it where it is (a spoofed or corrupt frame makes it ask once, nothing more).
+                self.ahead_claims[sender] = max(self.ahead_claims.get(sender, 0), round)
                 self._cv.notify_all()
                 raise FrameRejected(
                     f"round {round} is more than {self.max_ahead} rounds ahead of ours ({self.current_round})"
@@ -104,15 +106,37 @@ class PublicCopies:
         with self._cv:
             self.current_round = max(self.current_round, round)
             while True:
-                ready = {j for j in expected if self._ready(self.copies[j], round)}
+                ready = {j for j in expected if self._ready(j, round)}
                 remaining = deadline - time.monotonic()
                 if ready == expected or remaining <= 0:
                     return ready
                 self._cv.wait(timeout=min(remaining, 0.5))
 
-    @staticmethod
-    def _ready(c: NeighbourCopy, round: int) -> bool:
-        return c.needs_resync or c.last_round >= round or any(p.round >= round for p in c.pending.values())
+    def _ready(self, j: str, round: int) -> bool:
+        c = self.copies[j]
+        return (
+            c.needs_resync
+            or c.last_round >= round
+            or any(p.round >= round for p in c.pending.values())
+            or self.ahead_claims.get(j, 0) > round
+        )
+
+    def claims(self, names: set[str], beyond: int) -> dict[str, int]:
+        """The unconfirmed claims of `names` to be past round `beyond` (kept)."""
+        with self._cv:
+            return {j: r for j, r in self.ahead_claims.items() if j in names and r > beyond}
+
+    def drop_claims(self, names: set[str]) -> None:
+        with self._cv:
+            for j in names:
+                self.ahead_claims.pop(j, None)
+
+    def take_ahead_claims(self, beyond: int) -> dict[str, int]:
+        """The claims of refused frames for rounds past `beyond` (then forgotten, all of them)."""
+        with self._cv:
+            claims = {j: r for j, r in self.ahead_claims.items() if r > beyond}
+            self.ahead_claims.clear()
+            return claims
 
     def apply_through(self, round: int) -> list[str]:
         """Apply queued updates with round <= `round` in seq order. Returns neighbours needing resync."""

@@ -25,7 +25,7 @@ import time
 from fedpeer import PROTOCOL_VERSION
 from fedpeer.codec import Codec, DecodeLimits, available_codecs, get_codec
 from fedpeer.config import NodeConfig
-from fedpeer.gossip import choco
+from fedpeer.gossip import choco, dp, robust
 from fedpeer.gossip.copies import PublicCopies
 from fedpeer.gossip.sender import SenderState
 from fedpeer.metrics import MetricsWriter, RoundRecord
@@ -37,7 +37,7 @@ from fedpeer.node.service import IoCounters, NodeService
 from fedpeer.tensors import State
 from fedpeer.train.loop import LocalTrainer
 from fedpeer.transport.base import Transport
-from fedpeer.wire.frames import Frame, FrameKind, PeerInfo, decode_frame, encode_frame
+from fedpeer.wire.frames import Frame, FrameKind, PeerInfo, decode_frame, encode_frame, payload_bound
 
 log = logging.getLogger("fedpeer.node")
 
@@ -54,12 +54,18 @@ class Node:
         self.snapshot_codec = get_codec(SNAPSHOT_CODEC, zstd_level=cfg.codec.zstd_level)
         self.limits = DecodeLimits(max_payload_bytes=int(cfg.codec.max_payload_mb * 2**20))
         self.specs = dual.global_specs()
+        # The largest payload a neighbour's frame of this model can need, checked from its header.
+        self.payload_bound = min(payload_bound(self.specs), self.limits.max_payload_bytes)
         zeros = dual.global_state()
         # x̂_self after each of the last updates: a neighbour may be up to max_rounds_ahead behind.
         self.sender = SenderState(zeros, history=cfg.gossip.max_rounds_ahead + 2)
         self.neighbours = Neighbours(cfg, transport, self.me, dual.fingerprint_fields(), dual.fingerprint())
         self.copies = PublicCopies(zeros, list(self.neighbours.peers), cfg.gossip.max_rounds_ahead)
         self.io = IoCounters()
+        self.privacy = dp.from_config(cfg.gossip)  # None unless gossip.dp: clip + noise what we send
+        self.last_privacy: dp.PrivacyReport | None = None
+        if self.privacy is not None:
+            log.info("%s: %s", cfg.node_id, self.privacy.describe())
         self.service = NodeService(self)
         self.metrics = MetricsWriter(cfg.state_dir)
         self.completed_round = 0
@@ -117,7 +123,7 @@ class Node:
         with timer.span("mix"):
             heard = [j for j in self.copies.fresh(t) if self.neighbours.peers[j].info is not None]
             w = self.neighbours.weights(heard, self.sender.pi, self.copies.mix_weights(heard))
-            x_new = choco.mix(x, self.sender.x_hat, self.copies.x_hats(heard), w, self.cfg.gossip.gamma)
+            x_new, clip = self.mix(x, heard, w)
             self.dual.set_global_state(x_new)
             # No neighbour mixed: no distance measured (0.0 would read as perfect consensus).
             self.last_distance = (
@@ -144,6 +150,8 @@ class Node:
             self.last_distance,
             self.sender.pi,
             self.dual.global_state(),
+            clip=clip,
+            privacy=self.last_privacy,
         )
         record = round_record(outcome, timer, self.io.take(t))
         with timer.span("checkpoint"):
@@ -157,9 +165,22 @@ class Node:
         """t + 1, or the round a neighbour already sends updates for if it is so far ahead that we
         refused its frames (e.g. after our restart): waiting there would hold the neighbourhood back.
         A smaller lag (say the two sides of a healed partition) closes by itself: those frames are
-        queued, and the neighbour waits for ours."""
-        ahead = self.copies.highest_round_seen
+        queued, and the neighbour waits for ours. A refused frame only makes us ask its sender where
+        it is: we catch up to what the neighbour itself confirms (dialled at its configured address,
+        over TLS proving its node id), at most to the last round; a frame's claim alone moves
+        nothing."""
+        claims = self.copies.take_ahead_claims(beyond=t + self.copies.max_ahead)
+        if not claims:
+            return t + 1
+        confirmed = self.confirm(claims)
+        ahead = min(max(confirmed.values(), default=0), self.cfg.gossip.rounds)
         if ahead <= t + self.copies.max_ahead:
+            log.warning(
+                "%s: ignored frames claiming rounds %s: those neighbours report %s",
+                self.cfg.node_id,
+                claims,
+                confirmed or "nothing (unreachable)",
+            )
             return t + 1
         log.info("%s: neighbours are at round %d after our round %d: catching up", self.cfg.node_id, ahead, t)
         lifecycle.catch_up(self, ahead)
@@ -167,7 +188,12 @@ class Node:
 
     # ================================================================ steps of a round
     def encode_update(self, t: int, q: State, codec: Codec) -> Frame:
-        """Encode q as update seq + 1; the sender state adds what the receivers will decode."""
+        """Encode q as update seq + 1; the sender state adds what the receivers will decode. With
+        gossip.dp, q is clipped and noised first (gossip/dp.py): the noise is in what the neighbours
+        decode and so, through the decoded frame, in our own x_hat too: the copies stay exact."""
+        self.last_privacy = None
+        if self.privacy is not None:
+            q, self.last_privacy = self.privacy.privatize(q, releases=self.sender.seq + 1)
         frame = encode_frame(
             q,
             codec,
@@ -180,6 +206,34 @@ class Node:
         )
         self.sender.commit(t, decode_frame(frame, self.specs, self.limits, [codec.name]))
         return frame
+
+    def mix(self, x: State, heard: list[str], w: dict[str, float]) -> tuple[State, robust.ClipReport | None]:
+        """CHOCO's mix over the neighbours heard; ClippedGossip and the norm bound when configured
+        (gossip.robust, gossip.norm_bound: gossip/robust.py), with one log line for offenders."""
+        g = self.cfg.gossip
+        x_hats = self.copies.x_hats(heard)
+        if g.robust == "none" and g.norm_bound == 0:
+            return choco.mix(x, self.sender.x_hat, x_hats, w, g.gamma), None
+        x_new, clip = robust.clipped_mix(
+            x,
+            self.sender.x_hat,
+            x_hats,
+            w,
+            g.gamma,
+            radius=g.clip_radius if g.robust == "clipped" else math.inf,
+            byzantine_fraction=g.byzantine_fraction,
+            bound=g.norm_bound,
+        )
+        if clip.offenders:
+            log.warning(
+                "%s: left %s out of this round's mix: contribution norm %s over gossip.norm_bound %g "
+                "(a Byzantine or broken neighbour; its weight stays here)",
+                self.cfg.node_id,
+                ", ".join(clip.offenders),
+                ", ".join(f"{clip.norms[j]:.3g}" for j in clip.offenders),
+                g.norm_bound,
+            )
+        return x_new, clip
 
     def receive(self, t: int, expected: set[str]) -> list[str]:
         """Bring each expected neighbour's copy up to date for round t, or give up on it: apply its
@@ -204,9 +258,41 @@ class Node:
                     waiting.discard(j)  # its snapshot cannot be had now: left out this round
             self.copies.apply_through(t)  # what queued after the snapshots is due too
             waiting -= set(self.copies.fresh(t)) | self.copies.moved_on(t, waiting)
+            self.check_claims(t, waiting)
             if not waiting or time.monotonic() >= deadline:
                 return resynced
             waiting -= self.neighbours.unresponsive(waiting, t)
+
+    def check_claims(self, t: int, waiting: set[str]) -> None:
+        """A neighbour we wait for sent a frame too far ahead to queue: ask it. If it has completed
+        round t, its round-t update was sent and lost to us (resynced at the next pass); otherwise
+        the claim was false and is dropped, and we keep waiting."""
+        claimed = self.copies.claims(waiting, beyond=t)
+        if not claimed:
+            return
+        for j in claimed:
+            done = self.neighbours.completed_round(j)
+            if done is not None and done >= t:
+                self.copies.mark_lost(j, t)
+            else:
+                self.copies.drop_claims({j})
+                log.warning(
+                    "%s: ignored a frame of %s claiming round %d: it reports round %s",
+                    self.cfg.node_id,
+                    j,
+                    claimed[j],
+                    done,
+                )
+
+    def confirm(self, claims: dict[str, int]) -> dict[str, int]:
+        """Of rounds claimed by refused frames, what each claiming neighbour confirms when asked: it
+        completed r, so it may be sending r + 1; a claim is never believed past that."""
+        confirmed = {}
+        for j, claimed in claims.items():
+            done = self.neighbours.completed_round(j)
+            if done is not None:
+                confirmed[j] = min(claimed, done + 1)
+        return confirmed
 
     def resync(self, j: str, t: int) -> bool:
         snap = self.neighbours.fetch_snapshot(j, t, self.specs, self.limits)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from fedpeer import PROTOCOL_VERSION
 from fedpeer.codec import Codec, DecodeLimits
 from fedpeer.config import NodeConfig
-from fedpeer.errors import FrameRejected, HandshakeError, PeerUnavailable
+from fedpeer.errors import FrameRejected, HandshakeError, PeerBusy, PeerUnavailable
 from fedpeer.gossip.weights import neighbour_weights
 from fedpeer.tensors import State, TensorSpec
-from fedpeer.transport.base import Transport
-from fedpeer.wire.frames import Frame, FrameKind, PeerInfo, decode_frame
+from fedpeer.transport.base import SendResult, Transport
+from fedpeer.wire.frames import Frame, FrameKind, PeerInfo, decode_frame, payload_bound
 
 log = logging.getLogger("fedpeer.node")
 
@@ -80,6 +80,8 @@ class Neighbours:
         self.me = me  # our handshake, as of now (round, address)
         self.fingerprint, self.fingerprint_fields = fingerprint, fingerprint_fields
         self.peers = {p.id: Peer(p.id, p.address) for p in cfg.neighbours}
+        for p in cfg.neighbours:  # with TLS, whoever answers at a neighbour's address must prove its id
+            transport.expect(p.address, p.id)
         # A send to a hung neighbour is given up on but keeps its thread until its deadline; room for
         # a few of those beside each round's sends and health checks.
         self._pool = ThreadPoolExecutor(max_workers=4 * len(self.peers) + 2, thread_name_prefix="send")
@@ -214,7 +216,7 @@ class Neighbours:
                 self.handshake(peer)
                 if peer.info is None:
                     return 0
-            result = self.transport.send_frame(peer.address, frame, self.gossip.rpc_timeout_s)
+            result = self._send_when_free(peer, frame)
         except (PeerUnavailable, FrameRejected) as exc:
             if peer.reachable:
                 log.warning("%s: lost %s: %s", self.node_id, peer.id, exc)
@@ -226,6 +228,20 @@ class Neighbours:
                 "%s: %s refused our round-%d update: %s", self.node_id, peer.id, frame.round, result.ack.error
             )
         return result.wire_bytes
+
+    def _send_when_free(self, peer: Peer, frame: Frame) -> SendResult:
+        """Send, retrying while the neighbour says it is busy (no stream slot free for us, e.g. while
+        streams in our name stall there) until rpc_timeout_s: a busy neighbour is up, not lost."""
+        deadline = time.monotonic() + self.gossip.rpc_timeout_s
+        pause = 0.05
+        while True:
+            try:
+                return self.transport.send_frame(peer.address, frame, max(0.1, deadline - time.monotonic()))
+            except PeerBusy:
+                if time.monotonic() + pause >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 1.0)
 
     def unresponsive(self, names: set[str], round: int) -> set[str]:
         """Those of `names` that have not answered a health check for failure_timeout_s: dead or hung
@@ -261,6 +277,16 @@ class Neighbours:
         degrees = {j: self.peers[j].info.degree for j in heard}  # type: ignore[union-attr]
         return neighbour_weights(self.degree, degrees, pi, pis)
 
+    def completed_round(self, j: str) -> int | None:
+        """The round neighbour j says it has completed, asked now at its configured address (over
+        TLS, proving its node id); None if it does not answer. What a refused frame claims is checked
+        against this before the node acts on it."""
+        try:
+            return self.transport.status(self.peers[j].address, self.gossip.rpc_timeout_s).node.round
+        except (PeerUnavailable, HandshakeError) as exc:
+            log.warning("%s: cannot ask %s for its round: %s", self.node_id, j, exc)
+            return None
+
     # --- resync --------------------------------------------------------------------------------------
     def fetch_snapshot(
         self, j: str, round: int, specs: list[TensorSpec], limits: DecodeLimits
@@ -272,7 +298,7 @@ class Neighbours:
                 self.peers[j].address,
                 self.node_id,
                 self.gossip.rpc_timeout_s,
-                limits.max_payload_bytes,
+                min(payload_bound(specs), limits.max_payload_bytes),
                 round,
             )
             if frame.kind != FrameKind.SNAPSHOT or frame.sender != j:

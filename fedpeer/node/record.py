@@ -9,6 +9,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from fedpeer.gossip.dp import PrivacyReport
+from fedpeer.gossip.robust import ClipReport
 from fedpeer.metrics import AUTO_METRICS, RoundRecord
 from fedpeer.node.neighbours import SendReport
 from fedpeer.node.service import RoundIO
@@ -53,6 +55,8 @@ class RoundOutcome:
     consensus_distance: float
     mix_weight: float
     global_state: StateView
+    clip: ClipReport | None = None  # gossip.robust / norm_bound on
+    privacy: PrivacyReport | None = None  # gossip.dp on
 
 
 def round_record(r: RoundOutcome, timer: Timer, io: RoundIO) -> RoundRecord:
@@ -83,6 +87,12 @@ def round_record(r: RoundOutcome, timer: Timer, io: RoundIO) -> RoundRecord:
         neighbours_reached=r.sent.reached,
         resynced=r.resynced,
         frames_rejected=io.frames_rejected,
+        clip_radius=r.clip.radius if r.clip else None,
+        clipped=list(r.clip.clipped) if r.clip else None,
+        offenders=list(r.clip.offenders) if r.clip else None,
+        dp_epsilon=r.privacy.epsilon if r.privacy else None,
+        dp_delta=r.privacy.delta if r.privacy else None,
+        dp_update_norm=r.privacy.update_norm if r.privacy else None,
     )
 
 
@@ -102,8 +112,15 @@ def round_line(total: int, degree: int, r: RoundRecord) -> str:
     distance = r.consensus_distance
     consensus = f"{distance:.3g}" if distance is not None and math.isfinite(distance) else "-"
     heard, reached = len(r.neighbours_heard or ()), len(r.neighbours_reached or ())
+    extra = ""  # robust mixing and DP, when on
+    if r.clipped:
+        extra += f"clipped {','.join(r.clipped)} | "
+    if r.offenders:
+        extra += f"left out {','.join(r.offenders)} | "
+    if r.dp_epsilon is not None:
+        extra += f"eps {r.dp_epsilon:.3g} (delta {r.dp_delta:g}) | "
     return (
         f"{r.node} round {r.round}/{total}: loss {r.train_loss:.4f} {ev} | heard {heard}/{degree} "
         f"reached {reached}/{degree} | sent {(r.bytes_sent or 0) / 1e3:.1f} kB | consensus {consensus} "
-        f"| {r.round_s or 0.0:.1f} s"
+        f"| {extra}{r.round_s or 0.0:.1f} s"
     )

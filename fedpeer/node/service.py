@@ -24,6 +24,7 @@ from fedpeer.wire.frames import (
     NeighbourInfo,
     PeerInfo,
     StatusInfo,
+    check_manifest,
     decode_frame,
     encode_frame,
 )
@@ -73,6 +74,28 @@ class NodeService:
         self.node = node
         self._refusals_logged: set[tuple[str, str]] = set()
 
+    def authorized(self, node_id: str) -> bool:
+        return node_id in self.node.neighbours.peers
+
+    def check_header(self, header: Frame, payload_length: int) -> None:
+        """Refuse a pushed frame from its header, before any payload byte is buffered: only a
+        neighbour's update of a round of this run, of this model's tensors, within the bound."""
+        node = self.node
+        if header.kind != FrameKind.UPDATE:
+            raise FrameRejected(f"only update frames are pushed, got {header.kind.value}")
+        if header.sender not in node.neighbours.peers:
+            raise FrameRejected(f"{header.sender!r} is not a neighbour of {node.cfg.node_id}")
+        if not 1 <= header.round <= node.cfg.gossip.rounds:
+            raise FrameRejected(
+                f"round {header.round} is not a round of this run (1..{node.cfg.gossip.rounds})"
+            )
+        if payload_length > node.payload_bound:
+            raise FrameRejected(
+                f"declared payload of {payload_length} bytes exceeds {node.payload_bound}, the most an "
+                "update of this model can need"
+            )
+        check_manifest(header.manifest, node.specs)
+
     def on_hello(self, peer: PeerInfo) -> PeerInfo:
         node = self.node
         try:
@@ -93,11 +116,9 @@ class NodeService:
         return node.me()
 
     def on_frame(self, frame: Frame) -> AckInfo:
+        """Decode and queue a frame whose header `check_header` admitted (every transport calls it
+        first, before the payload is read)."""
         node = self.node
-        if frame.kind != FrameKind.UPDATE:
-            raise FrameRejected(f"only update frames are pushed, got {frame.kind.value}")
-        if frame.sender not in node.neighbours.peers:
-            raise FrameRejected(f"{frame.sender!r} is not a neighbour of {node.cfg.node_id}")
         t0 = time.perf_counter()
         try:
             q = decode_frame(frame, node.specs, node.limits, available_codecs())
@@ -151,4 +172,8 @@ class NodeService:
             neighbours=nbrs,
             last_train_loss=node.last_loss,
             consensus_distance=node.last_distance,
+            privacy_epsilon=node.privacy.epsilon(node.sender.seq)
+            if node.privacy and node.sender.seq
+            else 0.0,
+            privacy_delta=node.privacy.delta if node.privacy else 0.0,
         )

@@ -371,7 +371,8 @@ def prepare_for_processes(
 
 
 def prepare_for_memory(spec: ScenarioSpec, out_dir: str | Path, echo: Echo | None = None) -> PreparedScenario:
-    return prepare(spec, out_dir, {n: f"mem-{n}:1" for n in node_names(spec)}, echo=echo)
+    # In-process nodes over memory: no network, nothing for TLS to protect.
+    return prepare(spec, out_dir, {n: f"mem-{n}:1" for n in node_names(spec)}, echo=echo, tls=False)
 
 
 def quiet_progress_bars() -> None:

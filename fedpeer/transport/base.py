@@ -23,6 +23,12 @@ Recorder = Callable[[str, Message], None]
 
 
 class MeshHandler(Protocol):
+    def authorized(self, node_id: str) -> bool:
+        """Whether `node_id` (proven by its TLS certificate) may handshake, send and fetch here."""
+
+    def check_header(self, header: Frame, payload_length: int) -> None:
+        """Refuse (FrameRejected) a pushed frame from its header alone, before its payload is read."""
+
     def on_hello(self, peer: PeerInfo) -> PeerInfo:
         """Check a neighbour's handshake; return our own info or raise HandshakeError."""
 
@@ -47,6 +53,10 @@ class Transport(ABC):
     @abstractmethod
     def serve(self, address: str, handler: MeshHandler) -> str:
         """Start serving `handler`; returns the bound address (port 0 picks a free port)."""
+
+    def expect(self, address: str, node_id: str) -> None:  # noqa: B027  (optional hook)
+        """The node at `address` is neighbour `node_id`: a transport that authenticates (TLS)
+        refuses to talk to anything else there."""
 
     @abstractmethod
     def hello(self, address: str, me: PeerInfo, timeout: float) -> PeerInfo:

@@ -37,8 +37,27 @@ SERVER_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 # Threads serving RPCs: a handful per neighbour is plenty (one stream per neighbour per round).
-SERVER_WORKERS = 16
+SERVER_WORKERS = 32
+# Update and snapshot streams may hold at most this many workers together, so that health checks,
+# handshakes and Status always find a free one; more are refused (RESOURCE_EXHAUSTED) at once.
+STREAM_SLOTS = SERVER_WORKERS - 8
+# With TLS, at most this many streams at once per authenticated neighbour (one a round is normal;
+# a snapshot and a late update may overlap it).
+STREAMS_PER_PEER = 4
+# RPCs beyond this many in flight are refused by gRPC itself rather than queued without bound.
+MAX_CONCURRENT_RPCS = 4 * SERVER_WORKERS
+# A stream must send its first chunk within this many seconds and each next one within as many: a
+# sender builds its frame before it opens the stream, so a legitimate one never pauses this long,
+# and a stalled or silent stream is cut instead of holding a worker.
+STALL_S = 10.0
 
 
-def make_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def make_channel(
+    address: str, credentials: grpc.ChannelCredentials | None = None, name: str = ""
+) -> grpc.Channel:
+    """A channel to `address`: plaintext without credentials; with them, mutual TLS in which the
+    server must prove `name` (a node's `<id>.fedpeer`), or the address's host when `name` is empty."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    options = [*CHANNEL_OPTIONS, *([("grpc.ssl_target_name_override", name)] if name else [])]
+    return grpc.secure_channel(address, credentials, options=options)

@@ -109,6 +109,9 @@ class EmulatedTransport(Transport):
         return self.inner.serve(address, _LinkFilter(handler, self))
 
     # --- client -------------------------------------------------------------------------------
+    def expect(self, address: str, node_id: str) -> None:
+        self.inner.expect(address, node_id)
+
     def hello(self, address: str, me: PeerInfo, timeout: float) -> PeerInfo:
         self._outbound(address, max(self.round, me.round + 1), "handshake", 0, timeout)
         return self.inner.hello(address, me, timeout)
@@ -151,6 +154,12 @@ class _LinkFilter:
 
     def _cut(self, peer: str, rnd: int) -> bool:
         return self.em.state(peer, rnd).cut
+
+    def authorized(self, node_id: str) -> bool:
+        return self.handler.authorized(node_id)
+
+    def check_header(self, header: Frame, payload_length: int) -> None:
+        self.handler.check_header(header, payload_length)
 
     def on_hello(self, peer: PeerInfo) -> PeerInfo:
         rnd = max(self.em.round, peer.round + 1)

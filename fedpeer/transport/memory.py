@@ -83,9 +83,9 @@ class MemoryTransport(Transport):
     def send_frame(self, address: str, frame: Frame, timeout: float) -> SendResult:
         handler = self.network.handler(address)
         chunks = [self._record(address, c) for c in serde.frame_to_chunks(frame)]
-        received = serde.read_frame(iter(chunks), self.max_payload)
-        assert received is not None
         try:
+            received = serde.read_frame(iter(chunks), self.max_payload, handler.check_header)
+            assert received is not None
             ack = handler.on_frame(received)
         except FrameRejected as exc:
             ack = AckInfo(accepted=False, error=str(exc), applied_seq=0)

@@ -19,6 +19,15 @@ from fedpeer.tensors import TensorSpec, manifest_of
 
 # Largest payload chunk on the wire: well under gRPC's default 4 MiB message limit.
 CHUNK_BYTES = 1 << 20
+# Slack over a frame's raw size: codec headers and zstd's worst-case expansion of incompressible data.
+PAYLOAD_SLACK_BYTES = 1 << 20
+
+
+def payload_bound(specs: Sequence[TensorSpec]) -> int:
+    """Bytes a frame of these tensors can need with any codec: their fp32 size, twice (no codec
+    sends more than its input, with room to spare), plus slack. A header that declares more is
+    refused before a payload byte is read."""
+    return 2 * 4 * sum(s.numel for s in specs) + PAYLOAD_SLACK_BYTES
 
 
 class FrameKind(Enum):
@@ -88,6 +97,9 @@ class StatusInfo:
     neighbours: tuple[NeighbourInfo, ...]
     last_train_loss: float
     consensus_distance: float
+    # gossip.dp: epsilon spent so far at delta (0, 0 when DP is off)
+    privacy_epsilon: float = 0.0
+    privacy_delta: float = 0.0
 
 
 def encode_frame(

@@ -6,7 +6,7 @@ Paired `x_to_proto` / `x_from_proto` functions; each pair has a round-trip test.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from fedpeer.errors import FrameRejected
 from fedpeer.proto.v1 import mesh_pb2 as pb
@@ -82,6 +82,8 @@ def status_to_proto(s: StatusInfo) -> pb.StatusReply:
         ],
         last_train_loss=s.last_train_loss,
         consensus_distance=s.consensus_distance,
+        privacy_epsilon=s.privacy_epsilon,
+        privacy_delta=s.privacy_delta,
     )
 
 
@@ -102,6 +104,8 @@ def status_from_proto(m: pb.StatusReply) -> StatusInfo:
         ),
         last_train_loss=m.last_train_loss,
         consensus_distance=m.consensus_distance,
+        privacy_epsilon=m.privacy_epsilon,
+        privacy_delta=m.privacy_delta,
     )
 
 
@@ -144,11 +148,16 @@ def _check_header(h: pb.FrameHeader, max_payload: int) -> None:
             raise FrameRejected(f"tensor {t.name!r} has {len(t.shape)} dims (at most {MAX_RANK_DIMS})")
 
 
-def read_frame(chunks: Iterator[pb.Chunk], max_payload: int) -> Frame | None:
+# Called with a frame's header (as a Frame with an empty payload) and its declared payload length,
+# before any payload byte is read; raises FrameRejected to refuse the frame.
+Admit = Callable[[Frame, int], None]
+
+
+def read_frame(chunks: Iterator[pb.Chunk], max_payload: int, admit: Admit | None = None) -> Frame | None:
     """Reassemble one frame from a chunk stream; None at a clean end of stream.
 
-    The header is checked before any payload is buffered, and the buffer never grows past the
-    declared length (itself bounded by `max_payload`).
+    The header is checked (and passed to `admit`) before any payload is buffered, and the buffer
+    never grows past the declared length (itself bounded by `max_payload`).
     """
     first = next(chunks, None)
     if first is None:
@@ -157,6 +166,8 @@ def read_frame(chunks: Iterator[pb.Chunk], max_payload: int) -> Frame | None:
         raise FrameRejected("stream must start each frame with a header chunk")
     h = first.header
     _check_header(h, max_payload)
+    if admit is not None:
+        admit(_frame(h, b"", 0), h.payload_length)
     buf = bytearray()
     wire = first.ByteSize()
     while len(buf) < h.payload_length:
@@ -169,6 +180,10 @@ def read_frame(chunks: Iterator[pb.Chunk], max_payload: int) -> Frame | None:
             raise FrameRejected("payload chunk overruns the declared payload length")
         buf += c.data
         wire += c.ByteSize()
+    return _frame(h, bytes(buf), wire)
+
+
+def _frame(h: pb.FrameHeader, payload: bytes, wire: int) -> Frame:
     return Frame(
         sender=h.sender,
         epoch=h.epoch,
@@ -178,7 +193,7 @@ def read_frame(chunks: Iterator[pb.Chunk], max_payload: int) -> Frame | None:
         codec=h.codec,
         codec_params=dict(h.codec_params),
         manifest=tuple(TensorSpec(t.name, tuple(int(d) for d in t.shape), t.dtype) for t in h.manifest),
-        payload=bytes(buf),
+        payload=payload,
         raw_bytes=h.raw_bytes,
         crc32=h.payload_crc32,
         wire_bytes=wire,

@@ -141,17 +141,21 @@ class NeighbourStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., last_round_heard: _Optional[int] = ..., applied_seq: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("node", "phase", "rounds_total", "neighbours", "last_train_loss", "consensus_distance")
+    __slots__ = ("node", "phase", "rounds_total", "neighbours", "last_train_loss", "consensus_distance", "privacy_epsilon", "privacy_delta")
     NODE_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     LAST_TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
     CONSENSUS_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_DELTA_FIELD_NUMBER: _ClassVar[int]
     node: Hello
     phase: str
     rounds_total: int
     neighbours: _containers.RepeatedCompositeFieldContainer[NeighbourStatus]
     last_train_loss: float
     consensus_distance: float
-    def __init__(self, node: _Optional[_Union[Hello, _Mapping]] = ..., phase: _Optional[str] = ..., rounds_total: _Optional[int] = ..., neighbours: _Optional[_Iterable[_Union[NeighbourStatus, _Mapping]]] = ..., last_train_loss: _Optional[float] = ..., consensus_distance: _Optional[float] = ...) -> None: ...
+    privacy_epsilon: float
+    privacy_delta: float
+    def __init__(self, node: _Optional[_Union[Hello, _Mapping]] = ..., phase: _Optional[str] = ..., rounds_total: _Optional[int] = ..., neighbours: _Optional[_Iterable[_Union[NeighbourStatus, _Mapping]]] = ..., last_train_loss: _Optional[float] = ..., consensus_distance: _Optional[float] = ..., privacy_epsilon: _Optional[float] = ..., privacy_delta: _Optional[float] = ...) -> None: ...

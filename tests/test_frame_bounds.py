@@ -1,0 +1,73 @@
+"""A node's own bounds on what neighbours' frames may do, whatever the transport: frames are judged
+from their header before their payload is read, and a refused frame changes no state (no round jump
+from a frame's claim: only from what the neighbour itself confirms)."""
+
+import threading
+
+import pytest
+import torch
+
+from fedpeer.codec import get_codec
+from fedpeer.errors import FrameRejected
+from fedpeer.metrics import read_metrics
+from fedpeer.node import Node
+from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
+from fedpeer.wire.frames import FrameKind, encode_frame, payload_bound
+from tests.meshutil import make_nodes, prepared_memory, run_threads, tiny_spec
+
+
+def spoof(node: Node, sender: str, round: int, seq: int = 1, scale: float = 1.0):
+    """A well-formed update frame for `node`'s model, claiming to come from `sender`."""
+    q = {k: torch.full_like(v, scale) for k, v in node.dual.global_state().items()}
+    return encode_frame(
+        q, get_codec("lossless"), sender=sender, epoch="x", kind=FrameKind.UPDATE, round=round, seq=seq
+    )
+
+
+@pytest.fixture
+def pair(tmp_path):
+    spec = tiny_spec(nodes=2, topology="ring", gossip={"rounds": 6, "max_rounds_ahead": 2}, train={"lr": 0.0})
+    net = MemoryNetwork()
+    nodes = make_nodes(prepared_memory(spec, tmp_path), lambda: MemoryTransport(net))
+    return net, nodes
+
+
+def test_headers_are_judged_before_the_payload(pair):
+    _, (a, _) = pair
+    ok = spoof(a, "node1", round=1)
+    a.service.check_header(ok, len(ok.payload))
+    with pytest.raises(FrameRejected, match="not a round of this run"):
+        a.service.check_header(spoof(a, "node1", round=10**9), 10)
+    with pytest.raises(FrameRejected, match="not a neighbour"):
+        a.service.check_header(spoof(a, "stranger", round=1), 10)
+    with pytest.raises(FrameRejected, match="the most an update of this model can need"):
+        a.service.check_header(ok, 256 << 20)
+    assert a.payload_bound == payload_bound(a.specs) < 4 << 20
+
+
+def test_a_frame_claiming_a_far_round_moves_nothing_unless_the_neighbour_confirms_it(pair):
+    """A spoofed frame "from node1" for round 6 (inside the run, past max_rounds_ahead) reaches
+    node0 before its round 2: it is refused, node0 asks node1, which is at round 1 or 2, and both
+    nodes run all six rounds. A frame for round 10^9 is refused from its header alone."""
+    net, (a, b) = pair
+    attacker = MemoryTransport(net)
+    injected = threading.Event()
+    acks = []
+    run_round = a.run_round
+
+    def inject_before_round_2(t):
+        if t == 2 and not injected.is_set():
+            for rnd in (6, 10**9):
+                acks.append(attacker.send_frame(a.cfg.listen, spoof(a, "node1", rnd, seq=99), 5).ack)
+            injected.set()
+        return run_round(t)
+
+    a.run_round = inject_before_round_2  # type: ignore[method-assign]
+    run_threads([a, b])
+    assert injected.is_set() and not any(ack.accepted for ack in acks)
+    assert "ahead" in acks[0].error and "not a round of this run" in acks[1].error
+    for node in (a, b):
+        assert [r["round"] for r in read_metrics(f"{node.cfg.state_dir}/metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    # lr 0 and nothing of the spoofed frames applied: the global adapters are still exactly equal.
+    ga, gb = a.dual.global_state(), b.dual.global_state()
+    assert all(torch.equal(ga[k], gb[k]) for k in ga)
