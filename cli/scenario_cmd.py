@@ -54,16 +54,49 @@ def run_docker(spec: ScenarioSpec, out: Path, image: str, docker_args: list[str]
     return DockerRunner(prepared, image, docker_args, echo=typer.echo).run()
 
 
+def run_sim(spec: ScenarioSpec, out: Path, image: str, docker_args: list[str]) -> Rows:
+    from fedpeer.scenario import runner as runners
+    from fedpeer.sim.runner import run_scenario
+
+    runners.quiet_progress_bars()
+    return run_scenario(spec, out, echo=typer.echo)
+
+
+def run_ray(spec: ScenarioSpec, out: Path, image: str, docker_args: list[str]) -> Rows:
+    from fedpeer.scenario import runner as runners
+    from fedpeer.sim.ray_blocks import run_scenario
+
+    runners.quiet_progress_bars()
+    return run_scenario(spec, out, echo=typer.echo)
+
+
 # --runner NAME -> (its --help text, what starts the nodes), in the order --help lists them.
 RUNNERS: dict[str, tuple[str, Callable[[ScenarioSpec, Path, str, list[str]], Rows]]] = {
     "process": ("one OS process per node over real gRPC on 127.0.0.1.", run_processes),
     "inprocess": ("threads + in-memory transport.", run_inprocess),
     "netns": ("a process per network namespace, bandwidth shaped with tc (root).", run_netns),
     "docker": ("a container per node on a bridge network (needs the node image).", run_docker),
+    "sim": (
+        "simulation: all nodes in this process around one shared base model (thousands of nodes; "
+        "graphs that change per round, directed graphs; sim.participation).",
+        run_sim,
+    ),
+    "ray": (
+        "the sim runner's nodes in blocks on Ray actors, one base model each (pip install "
+        "'fedpeer[ray]'; sim.actors, sim.ray_address joins a cluster: docs/simulation.md).",
+        run_ray,
+    ),
 }
 
 
 def _run(spec: ScenarioSpec, out: Path, runner: str, image: str, docker_args: list[str]) -> Rows:
+    from fedpeer.errors import ConfigError
+
+    if spec.needs_sim and runner not in ("sim", "ray"):
+        raise ConfigError(
+            f"topology {spec.topology} (a new graph every round, or a directed graph) runs only with "
+            "--runner sim (or --runner ray)"
+        )
     _, start = RUNNERS[runner]
     return start(spec, out, image, docker_args)
 
@@ -151,8 +184,27 @@ def run(
         rows = _run(spec, out, runner, image, docker_arg or [])
     (out / runners.SUMMARY_FILE).write_text(json.dumps(rows, indent=2))
     print_summary(rows, spec.gossip.rounds)
+    typer.echo(_gap_line(spec, out))
     if not summary_ok(rows, spec.gossip.rounds):
         raise typer.Exit(1)
+
+
+def _gap_line(spec: ScenarioSpec, out: Path) -> str:
+    """The topology's spectral gap, also kept in OUT/run.json for `fedpeer report` (its consensus
+    plot draws the (1 - gap)^t rate)."""
+    from fedpeer.report import RUN_META
+    from fedpeer.sim.spectral import gap_report
+
+    gap = gap_report(spec.schedule)
+    meta_path = out / RUN_META
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    except json.JSONDecodeError:
+        meta = None  # someone else's file: leave it alone
+    if isinstance(meta, dict):
+        meta["spectral_gap"] = gap.to_json()["spectral_gap"]
+        meta_path.write_text(json.dumps(meta, indent=2))
+    return gap.line(f"{spec.topology} on {len(spec.schedule.names)} nodes")
 
 
 def summary_ok(rows: list[dict[str, Any]], rounds: int) -> bool:

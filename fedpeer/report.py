@@ -405,6 +405,56 @@ def write_report(runs: Sequence[Run], out: str | Path, metric: str) -> Path:
         f"![{metric} vs round]({vs_round.name})\n\n"
         f"![{metric} vs bytes sent]({vs_bytes.name})\n"
     )
+    consensus = plot_consensus_rate(runs, out / "consensus_vs_round.png")
+    if consensus is not None:
+        gaps = ", ".join(f"{r.label} {r.meta['spectral_gap']:.4g}" for r in runs if _gap(r) is not None)
+        text += (
+            f"\n![consensus distance vs round]({consensus.name})\n\n"
+            f"Consensus distance per round (mean over nodes, log scale); dashed: the rate "
+            f"c_1 (1 - gap)^(t-1) of each run's mixing matrix, spectral gap {gaps}. With training "
+            "(lr > 0) and a lossy codec the distance levels off above the rate.\n"
+        )
     path = out / "report.md"
     path.write_text(text)
     return path
+
+
+def _gap(run: Run) -> float | None:
+    """The run's per-round spectral gap when it gives a rate: 0 < gap < 1 (1 = exact averaging, as
+    one-peer exponential reaches once per period: no per-round rate to draw)."""
+    gap = run.meta.get("spectral_gap")
+    return float(gap) if isinstance(gap, int | float) and 0 < gap < 1 else None
+
+
+def plot_consensus_rate(runs: Sequence[Run], path: str | Path) -> Path | None:
+    """Consensus distance per round of the runs whose run.json has a spectral gap, each with its
+    (1 - gap)^t rate from the first round's distance; None when no run has both."""
+    series = []
+    for run in runs:
+        gap = _gap(run)
+        if gap is None:
+            continue
+        t, _, y = curve(run, "consensus_distance")
+        if t and y[0] > 0:
+            series.append((run.label, gap, t, y))
+    if not series:
+        return None
+    Figure, FigureCanvasAgg = _matplotlib()
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, gap, t, y in series:
+        (line,) = ax.plot(t, y, marker="o", markersize=3, label=label)
+        rate = [y[0] * (1 - gap) ** (r - t[0]) for r in t]
+        ax.plot(t, rate, linestyle="--", color=line.get_color(), label=f"(1 - {gap:.3g})^t")
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel("consensus distance, mean over nodes")
+    ax.set_title("consensus distance vs the spectral-gap rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out

@@ -195,3 +195,19 @@ def test_bad_run_json_names_the_file(tmp_path):
     (d / "run.json").write_text("[1, 2]")
     with pytest.raises(ReportError, match="run.json must hold one JSON object"):
         load_run(d)
+
+
+def test_consensus_plot_with_the_spectral_gap_rate(tmp_path):
+    """A run whose run.json holds the topology's spectral gap (as `scenario run` writes it) gets a
+    consensus plot with the (1 - gap)^t rate; runs without one do not."""
+    d = write_run(tmp_path, "ring8", {"node0": 0.5, "node1": 0.5}, {"spectral_gap": 0.1206})
+    for node in ("node0", "node1"):
+        recs = [json.loads(x) for x in (d / node / "metrics.jsonl").read_text().splitlines()]
+        for r in recs:
+            r["consensus_distance"] = 0.9 ** r["round"]
+        (d / node / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    report = build_report([d], tmp_path / "out").read_text()
+    assert "consensus_vs_round.png" in report and "spectral gap ring8 0.1206" in report
+    assert (tmp_path / "out" / "consensus_vs_round.png").read_bytes().startswith(PNG_MAGIC)
+    plain = write_run(tmp_path, "nogap", {"node0": 0.5})
+    assert "consensus_vs_round" not in build_report([plain], tmp_path / "out2").read_text()

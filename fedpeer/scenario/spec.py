@@ -26,13 +26,14 @@ from fedpeer.config import (
     ModelConfig,
     NodeConfig,
     PeerConfig,
+    TlsConfig,
     TrainConfig,
     convert_value,
     from_dict,
 )
 from fedpeer.config.load import read_toml
 from fedpeer.errors import ConfigError
-from fedpeer.gossip.topology import build_topology, neighbours
+from fedpeer.gossip.topology import SCHEDULE_KINDS, Schedule, build_schedule, build_topology, neighbours
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,21 @@ class DataSpec:
     alpha: float = 0.5
     # One JSONL per node, in node order (relative to the scenario file), when generator = "files".
     files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    """Settings of the simulation runners (`--runner sim`, `--runner ray`) only."""
+
+    # Fraction of the nodes that train (and evaluate) each round, drawn anew every round from
+    # topology_seed; every node still gossips every round. 1.0: all of them.
+    participation: float = 1.0
+    # --runner ray: the Ray actors, each one base model and a block of nodes (one CPU each);
+    # 0: one per CPU of the Ray cluster (at most one per node).
+    actors: int = 0
+    # --runner ray: the cluster to join ("HOST:6379" of `ray start --head`, or "auto"); empty: the
+    # RAY_ADDRESS environment variable if set, else a Ray started on this machine for the run.
+    ray_address: str = ""
 
 
 FAULT_KINDS = ("kill", "cut", "partition", "slow")
@@ -110,6 +126,10 @@ class ScenarioSpec:
     topology: str = "ring"
     # Only for topology = "explicit": pairs of node names.
     edges: tuple[tuple[str, ...], ...] = ()
+    # Only for topology = "file": an edge list (relative to the scenario file), one `a b` per line;
+    # directed = true reads each line as an arc a -> b (push-sum mixing, --runner sim only).
+    graph_file: str = ""
+    directed: bool = False
     topology_seed: int = 0
     tiny_model: TinyModelSpec | None = None
     data: DataSpec = DataSpec()
@@ -119,6 +139,10 @@ class ScenarioSpec:
     gossip: GossipConfig = GossipConfig()
     codec: CodecConfig = CodecConfig()
     faults: tuple[FaultSpec, ...] = ()
+    # Nodes talk over mutual TLS with a CA and certificates made under OUT/pki; false: plaintext
+    # (e.g. `--set tls=false` to measure what TLS costs). In-process (memory) runs have no network.
+    tls: bool = True
+    sim: SimSpec = SimSpec()
     source: str = ""  # the file it came from
 
     @functools.cached_property
@@ -127,6 +151,16 @@ class ScenarioSpec:
 
         Raises ConfigError for a topology that cannot be built."""
         return _build_graph(self)
+
+    @functools.cached_property
+    def schedule(self) -> Schedule:
+        """The graph of each round (graphs that change per round, directed graphs: --runner sim)."""
+        return _build_schedule(self)
+
+    @property
+    def needs_sim(self) -> bool:
+        """Only the sim runner can run this topology (a graph per round, or a directed graph)."""
+        return self.schedule.dynamic or self.schedule.directed
 
 
 def load_scenario(path: str | Path) -> ScenarioSpec:
@@ -149,6 +183,10 @@ def parse_scenario(data: dict[str, Any]) -> ScenarioSpec:
         raise ConfigError(f"nodes must be >= 2, got {spec.nodes}")
     for i, f in enumerate(spec.faults):
         _check_fault(f, f"faults[{i}]")
+    if not 0.0 < spec.sim.participation <= 1.0:
+        raise ConfigError(f"sim.participation must be in (0, 1], got {spec.sim.participation}")
+    if spec.sim.actors < 0:
+        raise ConfigError(f"sim.actors must be >= 0 (0: one per CPU of Ray), got {spec.sim.actors}")
     if spec.data.generator not in ("demo", "clinical", "files"):
         raise ConfigError(f"data.generator must be demo, clinical or files, got {spec.data.generator!r}")
     return spec
@@ -202,8 +240,13 @@ def prepare(
     listen: dict[str, str] | None = None,
     kernel_bandwidth: bool = False,
     echo: Callable[[str], None] | None = None,
+    tls: bool = True,
 ) -> PreparedScenario:
     """Build the model and data if the scenario says so, and one NodeConfig per node.
+
+    `tls`: the nodes talk over mutual TLS, with a CA and a certificate per node made under
+    OUT/pki (kept when a run resumes); False: plaintext (tls.insecure), e.g. for in-process runs
+    or to measure what TLS costs.
 
     `addresses` maps node name -> HOST:PORT its neighbours dial (the runner decides: loopback
     ports, memory, namespace IPs, container names); `listen` where each node binds, when that
@@ -230,6 +273,10 @@ def prepare(
             f"under {out / 'model'}"
         )
     model_cfg = _model_config(spec, out, data_files)
+    tls_configs = {}
+    if tls and spec.tls:
+        say(f"mutual TLS between the nodes: a CA and one certificate per node under {out / 'pki'}")
+        tls_configs = _mesh_tls(out / "pki", addresses, names)
     nodes = []
     for name in names:
         train_file, eval_file = data_files[name]
@@ -244,11 +291,22 @@ def prepare(
             train=dataclasses.replace(spec.train, data=str(train_file), eval_data=str(eval_file or "")),
             gossip=spec.gossip,
             codec=spec.codec,
+            tls=tls_configs.get(name, TlsConfig(insecure=True)),
             links=tuple(links[name]),
         )
         cfg.validate()
         nodes.append(cfg)
     return PreparedScenario(spec=spec, out_dir=out, nodes=tuple(nodes))
+
+
+def _mesh_tls(directory: Path, addresses: dict[str, str], names: list[str]) -> dict[str, TlsConfig]:
+    """Each node's [tls]: a scenario CA and node certificates under OUT/pki (made once)."""
+    from fedpeer.security.pki import CA_CERT, ensure_mesh
+
+    hosts = {n: (addresses[n].rpartition(":")[0].strip("[]"),) for n in names}
+    issued = ensure_mesh(directory, hosts)
+    ca = str(directory / CA_CERT)
+    return {n: TlsConfig(ca=ca, cert=str(issued[n].cert), key=str(issued[n].key)) for n in names}
 
 
 def node_links(
@@ -299,11 +357,25 @@ def node_neighbours(spec: ScenarioSpec) -> dict[str, list[str]]:
 
 
 def _build_graph(spec: ScenarioSpec) -> Any:
+    if spec.topology in SCHEDULE_KINDS:
+        return nx.freeze(spec.schedule.footprint())
     for i, e in enumerate(spec.edges):
         if len(e) != 2:
             raise ConfigError(f"edges[{i}] must be a pair of node names, got {list(e)}")
     edges = [(a, b) for a, b in spec.edges]
     return nx.freeze(build_topology(spec.topology, spec.nodes, seed=spec.topology_seed, edges=edges))
+
+
+def _build_schedule(spec: ScenarioSpec) -> Schedule:
+    if spec.topology not in SCHEDULE_KINDS:
+        graph = spec.graph
+        return Schedule(spec.topology, tuple(graph), False, False, spec.topology_seed, fixed=graph)
+    graph_file = spec.graph_file
+    if graph_file and spec.source:
+        graph_file = str(Path(spec.source).parent / graph_file)
+    return build_schedule(
+        spec.topology, spec.nodes, seed=spec.topology_seed, graph_file=graph_file, directed=spec.directed
+    )
 
 
 def _node_order(name: str) -> tuple[int, str]:
