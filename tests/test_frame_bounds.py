@@ -71,3 +71,26 @@ def test_a_frame_claiming_a_far_round_moves_nothing_unless_the_neighbour_confirm
     # lr 0 and nothing of the spoofed frames applied: the global adapters are still exactly equal.
     ga, gb = a.dual.global_state(), b.dual.global_state()
     assert all(torch.equal(ga[k], gb[k]) for k in ga)
+
+
+def test_a_busy_neighbour_is_retried_not_lost(pair):
+    """RESOURCE_EXHAUSTED (no stream slot free for us, e.g. while streams in our name stall there)
+    means the neighbour is up: the send is retried, and the update reaches it in the same round."""
+    from fedpeer.errors import PeerBusy
+
+    _, (a, b) = pair
+    send = a.transport.send_frame
+    refusals = [2]
+
+    def busy_twice(address, frame, timeout):
+        if refusals[0]:
+            refusals[0] -= 1
+            raise PeerBusy(f"{address} is busy: try again later")
+        return send(address, frame, timeout)
+
+    a.transport.send_frame = busy_twice  # type: ignore[method-assign]
+    run_threads([a, b])
+    assert refusals == [0]
+    recs = read_metrics(f"{a.cfg.state_dir}/metrics.jsonl")
+    assert all(r["neighbours_reached"] == ["node1"] for r in recs), [r["neighbours_reached"] for r in recs]
+    assert all(r["neighbours_heard"] == ["node0"] for r in read_metrics(f"{b.cfg.state_dir}/metrics.jsonl"))
