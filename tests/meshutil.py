@@ -37,6 +37,17 @@ TINY: dict[str, Any] = {
     "codec": {"name": "lossless"},
 }
 
+# Six nodes, degrees 3, 2, 3, 2, 2, 2: Metropolis-Hastings weights differ from edge to edge.
+IRREGULAR6 = [
+    ["node0", "node1"],
+    ["node0", "node2"],
+    ["node0", "node3"],
+    ["node1", "node2"],
+    ["node3", "node4"],
+    ["node4", "node5"],
+    ["node2", "node5"],
+]
+
 
 def tiny_spec(**sections: Any) -> ScenarioSpec:
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}

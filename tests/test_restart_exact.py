@@ -18,18 +18,9 @@ from fedpeer.metrics import read_records
 from fedpeer.node import build_node, state
 from fedpeer.scenario.runner import ProcessLauncher, ProcessRunner, prepare_for_processes
 from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
+from tests.meshutil import IRREGULAR6 as EDGES
 from tests.meshutil import tiny_spec
 
-# Six nodes, degrees 3, 2, 3, 2, 2, 2: Metropolis-Hastings weights differ from edge to edge.
-EDGES = [
-    ["node0", "node1"],
-    ["node0", "node2"],
-    ["node0", "node3"],
-    ["node1", "node2"],
-    ["node3", "node4"],
-    ["node4", "node5"],
-    ["node2", "node5"],
-]
 ROUNDS, KILL_AT = 8, 3
 
 

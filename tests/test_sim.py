@@ -20,19 +20,10 @@ from fedpeer.scenario.runner import ProcessRunner, prepare_for_processes
 from fedpeer.sim.mesh import SimMesh
 from fedpeer.sim.runner import SIM_FILE, prepare_for_sim, run_prepared
 from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
+from tests.meshutil import IRREGULAR6 as EDGES
 from tests.meshutil import tiny_spec
 from tests.test_sim_mixing import numpy_push_sum
 
-# Six nodes, degrees 3, 2, 3, 2, 2, 2: Metropolis-Hastings weights differ from edge to edge.
-EDGES = [
-    ["node0", "node1"],
-    ["node0", "node2"],
-    ["node0", "node3"],
-    ["node1", "node2"],
-    ["node3", "node4"],
-    ["node4", "node5"],
-    ["node2", "node5"],
-]
 ROUNDS = 3
 
 
