@@ -99,11 +99,9 @@ def run_one(
     cfg = prepared.nodes[0]
     blocks = None
     if runner == "ray":
-        import ray
+        from fedpeer.sim.ray_blocks import ray_blocks, start_local_ray
 
-        from fedpeer.sim.ray_blocks import ray_blocks
-
-        ray.init(num_cpus=actors, include_dashboard=False, object_store_memory=200 * 2**20)
+        start_local_ray(actors, say, object_store_memory=200 * 2**20)
         blocks, dual = ray_blocks(actors, say), None
     else:
         dual = load_dual_lora(cfg.model, cfg.adapter, resolve_device(cfg.train.device), local_seed(cfg))

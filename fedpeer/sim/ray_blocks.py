@@ -15,6 +15,7 @@ a Ray is started on this machine for the run; with it, the run joins a cluster s
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from fedpeer.scenario.spec import ScenarioSpec
 from fedpeer.sim.block import NodeBlock
 from fedpeer.sim.mesh import BlocksFactory, Echo
 
-__all__ = ["RAY_MISSING", "RayBlocks", "import_ray", "ray_blocks", "run_scenario"]
+__all__ = ["RAY_MISSING", "RayBlocks", "import_ray", "ray_blocks", "run_scenario", "start_local_ray"]
 
 RAY_MISSING = "--runner ray needs Ray, an optional extra: pip install 'fedpeer[ray]'"
 
@@ -102,6 +103,48 @@ class RayBlocks:
         self.actors = []
 
 
+def _startup_logs(lines: int = 6) -> str:
+    """The last lines of the logs that say why a local Ray did not come up (raylet, GCS, agents)."""
+    logs = Path(tempfile.gettempdir()) / "ray" / "session_latest" / "logs"
+    parts = []
+    for name in (
+        "raylet.err",
+        "raylet.out",
+        "gcs_server.err",
+        "dashboard_agent.err",
+        "runtime_env_agent.err",
+    ):
+        try:
+            tail = [ln for ln in (logs / name).read_text(errors="replace").splitlines() if ln.strip()][
+                -lines:
+            ]
+        except OSError:
+            continue
+        if tail:
+            parts.append(f"--- {name}\n" + "\n".join(tail))
+    return "\n".join(parts) or f"(no logs under {logs})"
+
+
+def start_local_ray(cpus: int, echo: Echo, **options: Any) -> None:
+    """Start a Ray on this machine (loopback only, no dashboard), trying twice: a raylet gives its
+    agents a fixed 15 s to start, which the first start on a cold, busy machine can miss
+    (ray-project/ray#65983). A second failure is one FedpeerError with the tail of Ray's logs."""
+    ray = import_ray()
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+            return
+        except Exception as exc:  # Ray raises bare Exceptions on a failed start
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            ray.shutdown()
+            if attempt == 2:
+                raise FedpeerError(
+                    f"Ray did not start on this machine twice ({first}); what its logs say:\n"
+                    f"{_startup_logs()}"
+                ) from exc
+            echo(f"Ray did not start ({first}); trying once more")
+
+
 def ray_blocks(actors: int, echo: Echo) -> BlocksFactory:
     """`SimMesh(..., blocks=ray_blocks(4, print))`: the mesh's nodes on 4 actors of the Ray this
     process is connected to (`connect`)."""
@@ -122,7 +165,7 @@ def connect(address: str, actors: int, echo: Echo) -> tuple[int, bool]:
         else:
             cpus = actors or os.cpu_count() or 1
             echo(f"starting a Ray on this machine with {cpus} CPUs (sim.ray_address joins a cluster)")
-            ray.init(num_cpus=cpus, include_dashboard=False)
+            start_local_ray(cpus, echo)
         started = True
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if actors > cpus:
