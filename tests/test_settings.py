@@ -137,7 +137,12 @@ def _every_setting_changed(base: Path) -> NodeConfig:
         advertise="site-a.example.org:50051",
         neighbours=(PeerConfig("site-b", "10.0.0.2:50051"), PeerConfig("site-c", "10.0.0.3:50051")),
         model=ModelConfig(
-            path="org/m", task="seq-cls", labels=("no", "yes"), dtype="bfloat16", dropout=False
+            path="org/m",
+            task="seq-cls",
+            labels=("no", "yes"),
+            dtype="bfloat16",
+            quantize="4bit",
+            dropout=False,
         ),
         adapter=AdapterConfig(
             rank=4,
@@ -151,6 +156,7 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             head="local",
             local_rank=2,
             share="ab",
+            fused=False,
         ),
         train=TrainConfig(
             data=str(base / "train.jsonl"),
@@ -166,6 +172,10 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             schedule="alternate",
             frozen_cache_mb=64,
             device="cuda:1",
+            precision="bf16",
+            grad_accum=2,
+            gradient_checkpointing=True,
+            compile=True,
         ),
         gossip=GossipConfig(
             rounds=3,

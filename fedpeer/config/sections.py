@@ -20,6 +20,8 @@ SCHEDULES = ("joint", "alternate", "global-first", "local-first")
 SHARED_FACTORS = ("b", "a", "ab")
 WEIGHTINGS = ("metropolis-hastings", "data-size", "val-loss")
 ROBUST_RULES = ("none", "clipped")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+QUANTIZE = ("none", "4bit")
 
 
 def require(ok: bool, field_path: str, reason: str) -> None:
@@ -54,6 +56,13 @@ class ModelConfig:
             "speed; float32 keeps CPU runs exact."
         },
     )
+    quantize: str = field(
+        default="none",
+        metadata={
+            "help": "none, or 4bit: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only), for a site "
+            "whose GPU is small; adapters stay fp32. Every site of a mesh must use the same."
+        },
+    )
     dropout: bool = field(
         default=True,
         metadata={
@@ -73,6 +82,7 @@ class ModelConfig:
             "model.dtype",
             f"must be float32, bfloat16 or float16, got {self.dtype!r}",
         )
+        require(self.quantize in QUANTIZE, "model.quantize", f"must be none or 4bit, got {self.quantize!r}")
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,14 @@ class AdapterConfig:
         default=True,
         metadata={
             "help": "A second, private adapter that never leaves the site. false gives a global-only model."
+        },
+    )
+    fused: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the global and local adapters of a layer as one LoRA of rank rank + "
+            "local_rank (the same parameters and numbers; faster than peft's two passes). false: peft's "
+            "own forward, one adapter after the other."
         },
     )
     head: str = field(
@@ -233,9 +251,49 @@ class TrainConfig:
             "nodes over GPUs."
         },
     )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Autocast of the forward pass: fp32 (none), bf16 or fp16 (CUDA only, with loss "
+            "scaling). Adapter weights and optimizer state stay fp32. auto: bf16 on a CUDA GPU that has "
+            "it, fp32 elsewhere (CPU runs stay exact)."
+        },
+    )
+    grad_accum: int = field(
+        default=1,
+        metadata={
+            "help": "Micro-batches per optimizer step: batch_size examples are split into this many "
+            "passes whose gradients add up to the whole batch's (less memory, same step)."
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute the base model's activations in the backward pass instead of keeping "
+            "them: much less memory for long sequences, about a third more compute."
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the model for training (the first steps compile; worth it for long "
+            "runs on a GPU)."
+        },
+    )
 
     def validate(self) -> None:
         require(self.data != "", "train.data", "must name the site's JSONL training file")
+        require(
+            self.precision in PRECISIONS,
+            "train.precision",
+            f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+        )
+        require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        require(
+            self.grad_accum <= self.batch_size,
+            "train.grad_accum",
+            f"must be <= train.batch_size ({self.batch_size}): each micro-batch needs an example",
+        )
         require(0.0 < self.eval_fraction < 1.0, "train.eval_fraction", "must be in (0, 1)")
         require(self.steps_per_round >= 0, "train.steps_per_round", "must be >= 0")
         require(self.batch_size >= 1, "train.batch_size", "must be >= 1")

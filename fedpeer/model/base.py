@@ -43,8 +43,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
-    """Base model, tokenizer, and whether the seq-cls head was freshly initialized (not in the checkpoint)."""
+def load_base(
+    cfg: ModelConfig, device: torch.device | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
+    """Base model, tokenizer, and whether the seq-cls head was freshly initialized (not in the checkpoint).
+
+    The model is on the CPU, except a 4-bit one (model.quantize), which is loaded onto `device`."""
     kwargs: dict[str, Any] = {"dtype": getattr(torch, cfg.dtype), "output_loading_info": True}
     if cfg.task == "seq-cls":
         cls: Any = AutoModelForSequenceClassification
@@ -58,6 +62,8 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
         )
     else:
         cls = AutoModelForCausalLM
+    if cfg.quantize == "4bit":
+        kwargs.update(four_bit_options(cfg, device or torch.device("cpu")))
     hint = "Give a local model directory or a model id available offline (HF_HUB_OFFLINE=1 uses the cache)."
     _check_model_path(cfg.path)
     try:
@@ -76,6 +82,31 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     reinit = [*info["missing_keys"], *(m[0] for m in info["mismatched_keys"])]
     fresh_head = any(k.split(".")[0] in HEAD_NAMES for k in reinit)
     return base, tokenizer, fresh_head
+
+
+def four_bit_options(cfg: ModelConfig, device: torch.device) -> dict[str, Any]:
+    """from_pretrained options for model.quantize = "4bit": NF4 weights with double quantization
+    (QLoRA's recipe), computing in model.dtype (bfloat16 when that is float32), loaded onto `device`."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise ModelError(
+            'model.quantize = "4bit" needs a CUDA GPU (bitsandbytes kernels); on this machine set '
+            'model.quantize = "none" (a smaller model or model.dtype = "bfloat16" also saves memory)'
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError('model.quantize = "4bit" needs bitsandbytes: pip install bitsandbytes') from None
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {"quantization_config": config, "device_map": {"": index}}
 
 
 def _check_model_path(path: str) -> None:

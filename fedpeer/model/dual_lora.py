@@ -37,6 +37,7 @@ from fedpeer.model.adapters import (
     strip_peft_prefix,
 )
 from fedpeer.model.base import HEAD_NAMES, find_head, init_head, load_base, resolve_device, split_head
+from fedpeer.model.fused import fuse_dual_lora
 from fedpeer.tensors import TensorSpec
 
 # Loading the base model is in base.py, attaching the adapters in adapters.py (re-exported here).
@@ -183,7 +184,7 @@ def load_dual_lora(
     """
     # Loading draws random numbers (fresh heads, peft's default A init); keep the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
-        base, tokenizer, fresh_head = load_base(model)
+        base, tokenizer, fresh_head = load_base(model, device)
         head = find_head(base) if model.task == "seq-cls" else None
         if head is not None and fresh_head:
             # From the mesh seed even when private: sites' global adapters then start out learning for
@@ -199,8 +200,11 @@ def load_dual_lora(
         peft_model = attach_adapters(base, adapter, targets, layers, pattern)
         roles = _assign_roles(peft_model, adapter, head)
         init_lora_a(peft_model, f"{GLOBAL}/{adapter.mesh_seed}", f"{LOCAL}/{local_seed}")
+    if adapter.use_local and adapter.fused:
+        fuse_dual_lora(peft_model, (GLOBAL, LOCAL))
     _set_trainable(peft_model, roles)
-    peft_model.to(device)
+    if model.quantize == "none":  # a 4-bit base was loaded onto the device
+        peft_model.to(device)
     return DualLora(peft_model, tokenizer, device, model.task, roles, fields)
 
 

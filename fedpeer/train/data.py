@@ -117,33 +117,80 @@ def load_site_data(model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple[list
     return split_examples(examples, train_cfg.eval_fraction, train_cfg.seed)
 
 
+@dataclass(frozen=True)
+class Tokenized:
+    """One example's token ids (truncated to max_length) and its training target."""
+
+    ids: tuple[int, ...]
+    targets: tuple[int, ...] | None = None  # per-token labels of a completion batch (prompt: IGNORE_INDEX)
+    label: int | None = None  # seq-cls class
+
+
+class TokenCache:
+    """Each example tokenized once, then only padded into batches (a training run sees an example many
+    times). Keyed by the example and by the batch's mode: a causal-lm batch with a prompt/completion
+    example windows every row by its completion (see `make_batch`)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, task: str, max_length: int) -> None:
+        self.tokenizer, self.task, self.max_length = tokenizer, task, max_length
+        self._rows: dict[tuple[Example, bool], Tokenized] = {}
+
+    def rows(self, examples: Sequence[Example]) -> tuple[list[Tokenized], bool]:
+        completion = self.task != "seq-cls" and any(e.prompt for e in examples)
+        out = []
+        for e in examples:
+            row = self._rows.get((e, completion))
+            if row is None:
+                row = self._rows[(e, completion)] = self._tokenize(e, completion)
+            out.append(row)
+        return out, completion
+
+    def _tokenize(self, example: Example, completion: bool) -> Tokenized:
+        if not completion:
+            enc = self.tokenizer(example.text, truncation=True, max_length=self.max_length)
+            return Tokenized(tuple(enc["input_ids"]), label=example.label)
+        ids, start = split_prompt(self.tokenizer, example)
+        # Keep the whole completion when it fits, else its beginning; drop what precedes the window.
+        lo = max(0, min(len(ids) - self.max_length, start))
+        ids = ids[lo : lo + self.max_length]
+        n_prompt = max(0, start - lo)
+        return Tokenized(tuple(ids), tuple([IGNORE_INDEX] * n_prompt + ids[n_prompt:]))
+
+
 def make_batch(
     examples: Sequence[Example],
     tokenizer: PreTrainedTokenizerBase,
     task: str,
     max_length: int,
     input_names: Sequence[str] = ("input_ids", "attention_mask"),
+    cache: TokenCache | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Tokenize and pad to the longest example of this batch; add `labels` for the task.
+    """Tokenize (or take from `cache`) and pad to the longest example of this batch; add `labels`.
 
     Causal-lm batches with prompt/completion examples take the loss on completion tokens only, and an
-    example longer than `max_length` loses the start of its prompt rather than its completion.
+    example longer than `max_length` loses the start of its prompt rather than its completion; they
+    are padded on the right. Other batches are padded on the tokenizer's padding side.
     """
-    if task != "seq-cls" and any(e.prompt for e in examples):
-        return _completion_batch(examples, tokenizer, max_length, input_names)
-    enc = tokenizer(
-        [e.text for e in examples],
-        truncation=True,
-        max_length=max_length,
-        padding="longest",
-        return_tensors="pt",
-    )
-    batch = {k: v for k, v in enc.items() if k in input_names}
+    cache = cache or TokenCache(tokenizer, task, max_length)
+    rows, completion = cache.rows(examples)
+    left = not completion and tokenizer.padding_side == "left"
+    ids = [r.ids for r in rows]
+    batch = {
+        "input_ids": pad_rows(ids, pad_id(tokenizer), left=left),
+        "attention_mask": pad_rows([[1] * len(r) for r in ids], 0, left=left),
+    }
+    # One segment per example; as the tokenizer gives them (a completion batch: as the model takes them).
+    if "token_type_ids" in input_names and (completion or "token_type_ids" in tokenizer.model_input_names):
+        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    batch = {k: v for k, v in batch.items() if k in input_names}
     if task == "seq-cls":
-        batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)
+        batch["labels"] = torch.tensor([r.label for r in rows], dtype=torch.long)
+    elif completion:
+        batch["labels"] = pad_rows([r.targets or r.ids for r in rows], IGNORE_INDEX)
     else:
         # Padding is found by the mask, not by id: the pad token is often the eos token.
-        batch["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
+        mask = pad_rows([[1] * len(r) for r in ids], 0, left=left)
+        batch["labels"] = pad_rows(ids, 0, left=left).masked_fill(mask == 0, IGNORE_INDEX)
     return batch
 
 
@@ -169,31 +216,6 @@ def split_prompt(tokenizer: PreTrainedTokenizerBase, example: Example) -> tuple[
     marks = zip(enc["offset_mapping"], enc["special_tokens_mask"], strict=True)
     start = next((i for i, ((_, end), special) in enumerate(marks) if not special and end > cut), len(ids))
     return ids, start
-
-
-def _completion_batch(
-    examples: Sequence[Example],
-    tokenizer: PreTrainedTokenizerBase,
-    max_length: int,
-    input_names: Sequence[str],
-) -> dict[str, torch.Tensor]:
-    rows, labels = [], []
-    for example in examples:
-        ids, start = split_prompt(tokenizer, example)
-        # Keep the whole completion when it fits, else its beginning; drop what precedes the window.
-        lo = max(0, min(len(ids) - max_length, start))
-        ids = ids[lo : lo + max_length]
-        n_prompt = max(0, start - lo)
-        rows.append(ids)
-        labels.append([IGNORE_INDEX] * n_prompt + ids[n_prompt:])
-    batch = {
-        "input_ids": pad_rows(rows, pad_id(tokenizer)),
-        "attention_mask": pad_rows([[1] * len(r) for r in rows], 0),
-        "labels": pad_rows(labels, IGNORE_INDEX),
-    }
-    if "token_type_ids" in input_names:
-        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
-    return {k: v for k, v in batch.items() if k in input_names or k == "labels"}
 
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> torch.Tensor:

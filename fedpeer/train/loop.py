@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import math
 import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from fedpeer.config import ModelConfig, TrainConfig
-from fedpeer.errors import CheckpointError
+from fedpeer.errors import CheckpointError, ConfigError
 from fedpeer.model.dual_lora import DualLora
 from fedpeer.model.prefix import FrozenPrefix
 from fedpeer.train.data import (
     IGNORE_INDEX,
     Example,
+    TokenCache,
     load_site_data,
     make_batch,
     pad_id,
@@ -39,6 +41,8 @@ from fedpeer.train.metrics import macro_f1, rouge_l
 from fedpeer.train.prefix_cache import PrefixCache, shared_store
 
 __all__ = ["EVAL_GENERATE", "BatchOrder", "LocalTrainer", "balanced_class_weights", "macro_f1"]
+
+log = logging.getLogger(__name__)
 
 _OPTIM_PREFIX = "optim."
 _RNG_CPU, _RNG_CUDA = "rng.cpu", "rng.cuda"
@@ -96,14 +100,27 @@ class LocalTrainer:
         self._order = BatchOrder(len(self.train_examples), train_cfg.batch_size, train_cfg.seed)
         self._params = dual.trainable_parameters()
         self._shared, self._private = dual.shared_parameters(), dual.private_parameters()
-        self._optim = torch.optim.AdamW(self._params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        # The fused CUDA kernel: one launch for all tensors. CPU keeps the reference implementation.
+        self._fused_adamw = dual.device.type == "cuda"
+        self._optim = torch.optim.AdamW(
+            self._params,
+            lr=train_cfg.lr,
+            weight_decay=train_cfg.weight_decay,
+            fused=self._fused_adamw or None,
+        )
+        self._amp = autocast_dtype(train_cfg.precision, dual.device)
+        self._scaler = torch.amp.GradScaler("cuda") if self._amp == torch.float16 else None
         self._input_names = _model_inputs(dual)
+        self._tokens = TokenCache(dual.tokenizer, self.task, train_cfg.max_length)
+        if train_cfg.gradient_checkpointing:
+            _checkpoint_activations(dual.base_model)
         self._rng = _initial_rng(train_cfg.seed, dual.device)
         # The base's own dropout (which may be functional, not a module) or an active dropout module.
         self._draws_random = model_cfg.dropout or any(
             isinstance(m, torch.nn.Dropout) and m.p > 0 for m in dual.model.modules()
         )
         self.prefix_cache = _prefix_cache(dual, model_cfg, train_cfg)
+        self._train_model = _compiled(dual, train_cfg, self.prefix_cache)
         self._class_weight: torch.Tensor | None = None
         if self.task == "seq-cls" and train_cfg.class_weights == "balanced":
             labels = [e.label for e in self.train_examples]
@@ -129,7 +146,7 @@ class LocalTrainer:
         turn = _RNG_LOCK if self._draws_random else contextlib.nullcontext()
         with turn, _private_rng(self._rng, self.dual.device):
             for i in range(self.cfg.steps_per_round):
-                losses.append(self._step(model, i))
+                losses.append(self._step(self._train_model, i))
         self.rounds += 1
         return sum(losses) / len(losses)
 
@@ -148,21 +165,50 @@ class LocalTrainer:
         return self._private if shared_turn else self._shared
 
     def _step(self, model: torch.nn.Module, step_in_round: int) -> float:
+        """One optimizer step over the next batch, in `grad_accum` micro-batches whose losses are weighted
+        by their share of the batch's loss terms: the gradient is the whole batch's."""
         examples = [self.train_examples[i] for i in self._order.next()]
-        batch = self._batch(examples)
-        if self._class_weight is None:
-            loss = self._forward(model, examples, batch).loss
-        else:
-            labels = batch.pop("labels")
-            logits = self._forward(model, examples, batch).logits.float()
-            loss = F.cross_entropy(logits, labels, weight=self._class_weight)
+        parts = [examples[k :: self.cfg.grad_accum] for k in range(min(self.cfg.grad_accum, len(examples)))]
+        batches = [self._batch(part) for part in parts]
+        weights = [self._loss_terms(b) for b in batches]
+        total_terms = sum(weights)
         self._optim.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        for part, batch, terms in zip(parts, batches, weights, strict=True):
+            loss = self._loss(model, part, batch)
+            if len(parts) > 1:
+                loss = loss * (terms / total_terms)
+            (self._scaler.scale(loss) if self._scaler else loss).backward()
+            total += float(loss.detach())
         for p in self._resting(step_in_round):
             p.grad = None  # AdamW leaves a parameter without a gradient untouched (no decay, no moments)
-        self._optim.step()
+        if self._scaler:
+            self._scaler.step(self._optim)
+            self._scaler.update()
+        else:
+            self._optim.step()
         self.steps += 1
-        return float(loss.detach())
+        return total
+
+    def _loss(
+        self, model: torch.nn.Module, examples: Sequence[Example], batch: dict[str, torch.Tensor]
+    ) -> Any:
+        """The mean training loss of one (micro-)batch, class-weighted when train.class_weights says so."""
+        if self._class_weight is None:
+            return self._forward(model, examples, batch).loss
+        labels = batch.pop("labels")
+        logits = self._forward(model, examples, batch).logits.float()
+        return F.cross_entropy(logits, labels, weight=self._class_weight)
+
+    def _loss_terms(self, batch: dict[str, torch.Tensor]) -> float:
+        """What the batch's mean loss divides by: predicted tokens (causal-lm), examples or their class
+        weights (seq-cls)."""
+        labels = batch["labels"]
+        if self.task != "seq-cls":
+            return float((labels[:, 1:] != IGNORE_INDEX).sum())
+        if self._class_weight is not None:
+            return float(self._class_weight[labels].sum())
+        return float(labels.numel())
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -238,14 +284,21 @@ class LocalTrainer:
     def _forward(
         self, model: torch.nn.Module, examples: Sequence[Example], batch: dict[str, torch.Tensor]
     ) -> Any:
-        """model(**batch); with the frozen prefix replayed from the cache when there is one."""
-        if self.prefix_cache is None:
-            return model(**batch)
-        return self.prefix_cache.forward(model, examples, batch)
+        """model(**batch) under the configured autocast; with the frozen prefix replayed from the cache
+        when there is one."""
+        with _autocast(self._amp, self.dual.device):
+            if self.prefix_cache is None:
+                return model(**batch)
+            return self.prefix_cache.forward(model, examples, batch)
 
     def _batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        batch = make_batch(examples, self.dual.tokenizer, self.task, self.cfg.max_length, self._input_names)
-        return {k: v.to(self.dual.device) for k, v in batch.items()}
+        batch = make_batch(
+            examples, self.dual.tokenizer, self.task, self.cfg.max_length, self._input_names, self._tokens
+        )
+        if self.dual.device.type != "cuda":
+            return {k: v.to(self.dual.device) for k, v in batch.items()}
+        # Pinned host memory: the copies run asynchronously, overlapping the queued kernels.
+        return {k: v.pin_memory().to(self.dual.device, non_blocking=True) for k, v in batch.items()}
 
     # --- checkpoint ---------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -267,6 +320,7 @@ class LocalTrainer:
         ]
         return {
             "param_groups": groups,
+            **({"grad_scaler": self._scaler.state_dict()} if self._scaler else {}),
             "rounds": self.rounds,
             "steps": self.steps,
             "epoch": self._order.epoch,
@@ -283,11 +337,20 @@ class LocalTrainer:
                 f"{len(self._params)}: the checkpoint belongs to another adapter config"
             )
         # The current config's lr and weight decay win: a restart is the moment to change them.
+        # So does this machine's AdamW kernel (a run may resume on other hardware).
         groups = [
-            {**g, "betas": tuple(g["betas"]), "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay}
+            {
+                **g,
+                "betas": tuple(g["betas"]),
+                "lr": self.cfg.lr,
+                "weight_decay": self.cfg.weight_decay,
+                "fused": self._fused_adamw or None,
+            }
             for g in meta["param_groups"]
         ]
         self._optim.load_state_dict({"state": _unflatten_optim(tensors), "param_groups": groups})
+        if self._scaler and "grad_scaler" in meta:
+            self._scaler.load_state_dict(meta["grad_scaler"])
         if _RNG_CPU in tensors:
             self._rng[_RNG_CPU] = tensors[_RNG_CPU].clone()
         # A CUDA RNG state only means something on a CUDA device (a run may resume on other hardware).
@@ -322,6 +385,44 @@ def _prefix_cache(dual: DualLora, model_cfg: ModelConfig, train_cfg: TrainConfig
         str(dual.device),
     )
     return PrefixCache(prefix, shared_store(key, train_cfg.frozen_cache_mb * 2**20))
+
+
+def _checkpoint_activations(base: Any) -> None:
+    """Recompute block activations in backward (non-reentrant: the frozen embeddings need no grad)."""
+    options = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The forward pass's autocast dtype for train.precision on `device` (None: no autocast)."""
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError('train.precision = "fp16" needs a CUDA device; use "bf16" or "fp32" on a CPU')
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _compiled(dual: DualLora, train_cfg: TrainConfig, prefix_cache: PrefixCache | None) -> torch.nn.Module:
+    """The model training steps call: torch.compile'd when train.compile says so."""
+    if not train_cfg.compile:
+        return dual.model
+    if prefix_cache is not None:
+        log.warning(
+            "train.compile is left off: the frozen-prefix cache runs the model block by block "
+            "(set train.frozen_cache_mb = 0 to compile the whole model instead)"
+        )
+        return dual.model
+    return cast(torch.nn.Module, torch.compile(dual.model))
 
 
 def _unflatten_optim(tensors: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
