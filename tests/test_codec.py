@@ -367,3 +367,17 @@ def test_encode_cuda_tensors() -> None:
     t = {"a": torch.randn(5, 7, device="cuda"), "b": torch.randn(3)}
     out = _round_trip("lossless", t)
     assert torch.equal(out["a"], t["a"].cpu()) and torch.equal(out["b"], t["b"])
+
+
+def test_a_large_payload_compressed_on_threads_is_one_checked_frame() -> None:
+    import zstandard
+
+    from fedpeer.codec.bytes import ZSTD_THREADS_FROM
+
+    gen = np.random.default_rng(0)
+    data = gen.integers(0, 4, ZSTD_THREADS_FROM + 12345, dtype=np.uint8).tobytes()
+    frame = zstd_compress(data, 3)
+    # zstd's multi-threaded mode still writes one frame that declares its size (decode requires it).
+    assert zstandard.get_frame_parameters(frame).content_size == len(data)
+    assert len(frame) < len(data) // 2
+    assert zstd_decompress(frame, len(data), len(data)) == data

@@ -24,6 +24,8 @@ Buffer = bytes | bytearray | memoryview
 
 # Little-endian magic number that opens every regular zstd frame (skippable frames use others).
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Payload size from which zstd compresses on worker threads (about 2 M fp32 values).
+ZSTD_THREADS_FROM = 8 * 2**20
 
 
 def _planes(data: Buffer | np.ndarray, itemsize: int) -> tuple[np.ndarray, int]:
@@ -67,9 +69,14 @@ def unshuffle_split(data: Buffer, itemsize: int, counts: Sequence[int]) -> list[
 
 
 def zstd_compress(data: Buffer, level: int) -> bytes:
-    """One zstd frame without dictionary that declares its content size (decoders require it)."""
+    """One zstd frame without dictionary that declares its content size (decoders require it).
+
+    Payloads of ZSTD_THREADS_FROM bytes and more are compressed by zstd's worker threads, one per
+    core (a large adapter's update); smaller ones on the caller's thread, where threads cost more
+    than they save."""
+    threads = -1 if memoryview(data).nbytes >= ZSTD_THREADS_FROM else 0
     try:
-        return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+        return zstandard.ZstdCompressor(level=level, write_content_size=True, threads=threads).compress(data)
     except zstandard.ZstdError as exc:
         raise CodecError(f"zstd compression failed: {exc}") from None
 
