@@ -38,8 +38,10 @@ weighting try the other design choices on the same sites and seeds.
 
 Statistics: per run the mean over sites; per method mean +- std over seeds; paired differences
 dual - best(local, global) (the baseline with the higher mean over all sites x seeds) and dual -
-central, with a percentile bootstrap 95 % interval over (site, seed) pairs. Sites of one seed share a
-mesh and a split, so the pairs are not independent: read the interval as optimistic.
+central, with a percentile bootstrap 95 % interval over (site, seed) pairs; a dual variant with a lossy
+codec (e.g. dual+codec=pipeline+gamma=0.5) also against the same label without its codec settings
+(pipeline-lossless), when that ran or is merged in. Sites of one seed share a mesh and a split, so the
+pairs are not independent: read the interval as optimistic.
 
 Speed: the node evaluates each round on a small monitor subset of its eval set (the per-round curves
 in report/); final scores are computed once from the checkpoints on the full eval and test sets.
@@ -171,6 +173,8 @@ class Settings:
     codec: str = "lossless"
     gamma: float = 1.0
     rank_fraction: float = 0.5
+    bits: int = 4  # codec.bits of the pipeline codec (4, 8, 16)
+    budget_bytes: int = 0  # codec.budget_bytes: > 0 lets the pipeline fit bytes per link-round (0: off)
     test_fraction: float = 0.15  # the shared test set's share of the data ...
     test_max: int = 300  # ... capped
     eval_min: int = 100  # each site's eval set: at least this many (at most half the site) ...
@@ -365,7 +369,12 @@ def scenario(
             "gamma": s.gamma,
             "weighting": s.weighting,
         },
-        "codec": {"name": s.codec, "rank_fraction": s.rank_fraction},
+        "codec": {
+            "name": s.codec,
+            "rank_fraction": s.rank_fraction,
+            "bits": s.bits,
+            "budget_bytes": s.budget_bytes,
+        },
     }
 
 
@@ -484,10 +493,24 @@ def bootstrap_ci(
     return float(d.mean()), float(lo), float(hi)
 
 
+CODEC_FIELDS = ("codec", "gamma", "rank_fraction", "bits", "budget_bytes")
+
+
+def lossless_twin(label: str) -> str | None:
+    """The same method label without its codec settings (CODEC_FIELDS), when the label
+    sets a codec other than lossless: "dual+codec=pipeline+gamma=0.5" -> "dual"; otherwise None."""
+    method, *opts = label.split("+")
+    if variant_settings(opts).get("codec", "lossless") == "lossless":
+        return None
+    return "+".join([method, *(o for o in opts if o.partition("=")[0] not in CODEC_FIELDS)])
+
+
 def paired(results: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
     """dual - best(local, global) and dual - central per (task, sites, alpha, dual's topology), paired by
     (seed, site). The best baseline is the one with the higher mean over all its (seed, site) scores;
-    global is taken on dual's topology."""
+    global is taken on dual's topology. A dual label with a lossy codec ("dual+codec=pipeline+...")
+    is also compared with its lossless twin (the label without its CODEC_FIELDS settings) where
+    that ran: comparison "pipeline-lossless"."""
     out = []
     configs = sorted({(r["task"], r["sites"], r["alpha"]) for r in results})
     for task, sites, alpha in configs:
@@ -518,6 +541,10 @@ def paired(results: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
             central = units("central", "none")
             if central:
                 comparisons.append(("dual-central", "central", central))
+            lossless = lossless_twin(method)
+            if lossless is not None and units(lossless, topology):
+                codec = variant_settings(method.split("+")[1:])["codec"]
+                comparisons.append((f"{codec}-lossless", lossless, units(lossless, topology)))
             for name, baseline, other in comparisons:
                 keys = sorted(set(dual) & set(other))
                 mean, lo, hi = bootstrap_ci([dual[k] - other[k] for k in keys], n_boot)
@@ -706,7 +733,9 @@ def _load_part(path: Path) -> dict[str, Any]:
 def merge(files: Sequence[Path], out: Path | None, as_json: bool, ap: argparse.ArgumentParser) -> None:
     """Tables over the results of several --json outputs run with the same settings."""
     parts = [_load_part(f) for f in files]
-    settings = [{k: v for k, v in p["settings"].items() if k != "n_boot"} for p in parts]
+    # A field added to Settings after a file was written took its default there.
+    defaults = dataclasses.asdict(Settings())
+    settings = [{k: v for k, v in {**defaults, **p["settings"]}.items() if k != "n_boot"} for p in parts]
     if any(st != settings[0] for st in settings[1:]):
         ap.error("--merge: the files were run with different settings; their results cannot be pooled")
     seen = set()

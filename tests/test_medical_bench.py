@@ -132,6 +132,33 @@ def test_bootstrap_ci_known_cases():
     )
 
 
+def test_a_lossy_dual_is_paired_with_its_lossless_twin():
+    medical = load_benchmark()
+    assert medical.lossless_twin("dual+codec=pipeline+gamma=0.5+budget_bytes=2600") == "dual"
+    assert medical.lossless_twin("dual+dual_head=local+codec=fp16") == "dual+dual_head=local"
+    assert medical.lossless_twin("dual+dual_head=local") is None and medical.lossless_twin("dual") is None
+
+    def row(method, seed, scores):
+        per_site = {f"node{i}": v for i, v in enumerate(scores)}
+        return {
+            "task": "t",
+            "sites": 2,
+            "alpha": 0.3,
+            "method": method,
+            "topology": "ring",
+            "seed": seed,
+            "per_site": per_site,
+        }
+
+    lossy = "dual+codec=pipeline+gamma=0.5"
+    results = [row("dual", s, [0.6, 0.7]) for s in (0, 1)] + [row(lossy, s, [0.58, 0.69]) for s in (0, 1)]
+    rows = {
+        r["comparison"]: r for r in medical.paired(results, n_boot=200) if r.get("method", lossy) == lossy
+    }
+    assert rows["pipeline-lossless"]["mean"] == pytest.approx(-0.015)
+    assert rows["pipeline-lossless"]["ci95"][0] <= -0.015 <= rows["pipeline-lossless"]["ci95"][1]
+
+
 def test_split_is_seeded_disjoint_and_gives_each_site_its_eval_set():
     medical = load_benchmark()
     y = [i % 5 for i in range(600)]
