@@ -43,6 +43,12 @@ codec (e.g. dual+codec=pipeline+gamma=0.5) also against the same label without i
 (pipeline-lossless), when that ran or is merged in. Sites of one seed share a mesh and a split, so the
 pairs are not independent: read the interval as optimistic.
 
+Late joiner (--set late_train=48): after each seed's dual run a new site joins with late_train
+examples of its own label mix (and late_eval more to score it), drawn from the shared test set, which
+no site trained on. It trains alone for the same rounds, starting once from the mesh's consensus
+global adapter and once from scratch; the report gives its macro-F1 round by round, the final
+difference (bootstrap over seeds) and the rounds the mesh start needs to reach scratch's final score.
+
 Speed: the node evaluates each round on a small monitor subset of its eval set (the per-round curves
 in report/); final scores are computed once from the checkpoints on the full eval and test sets.
 The frozen lower blocks are not recomputed: with LoRA on the last k blocks the trainer keeps each
@@ -183,6 +189,9 @@ class Settings:
     min_site: int = 40  # a split leaving a site with fewer examples is redrawn
     mtsamples_classes: int = 10
     n_boot: int = 10_000
+    # > 0: after each seed's dual run, a site with this many training examples joins late (late_joiner)
+    late_train: int = 0
+    late_eval: int = 100  # its own eval set (at most what the shared test set leaves)
 
 
 # --quick: one task, 2 seeds, 4 methods on 2 shared CPU cores in about 10 minutes (the frozen-prefix
@@ -297,6 +306,15 @@ def split_sites(y: Sequence[int], n_labels: int, s: Settings, seed: int) -> Spli
     return Split(sites, test)
 
 
+def write_rows(
+    path: Path, examples: Sequence[tuple[str, int]], labels: Sequence[str], idx: Sequence[int]
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = (json.dumps({"text": examples[i][0], "label": labels[examples[i][1]]}) for i in idx)
+    path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def write_split(
     out: Path,
     examples: Sequence[tuple[str, int]],
@@ -308,10 +326,7 @@ def write_split(
     """site{i}/{train,eval,monitor}.jsonl and test.jsonl under out; one dict of paths per site."""
 
     def write(path: Path, idx: Sequence[int]) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = (json.dumps({"text": examples[i][0], "label": labels[examples[i][1]]}) for i in idx)
-        path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-        return path
+        return write_rows(path, examples, labels, idx)
 
     test = write(out / "test.jsonl", split.test)
     files = []
@@ -566,6 +581,65 @@ def paired(results: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
 
 
 # ================================================================ driver
+def late_joiner(
+    s: Settings,
+    seed: int,
+    model: str,
+    labels: Sequence[str],
+    examples: Sequence[tuple[str, int]],
+    split: Split,
+    files: list,
+    mesh_dir: Path,
+    out: Path,
+) -> dict[str, Any]:
+    """A site that joins after the mesh's last round, with `late_train` examples of its own label mix
+    (Dirichlet(alpha) class weights) and `late_eval` more for its eval set, both drawn from the shared
+    test set, which no site trained on. It trains alone for `rounds` rounds of `steps` steps (the local
+    adapter and private head fresh), once starting from the mesh's consensus (the mean of the nodes'
+    final global adapters) and once from scratch; macro-F1 on its own eval set after every round.
+    `rounds_to_match`: rounds the mesh start needs to reach what scratch reaches after all rounds."""
+    rng = np.random.default_rng([seed, 7_000])
+    pool = np.asarray(split.test)
+    weight = rng.dirichlet([s.alpha] * len(labels))[[examples[i][1] for i in pool]]
+    n = min(s.late_train + s.late_eval, len(pool))
+    picked = [int(i) for i in rng.choice(pool, size=n, replace=False, p=weight / weight.sum())]
+    train_idx, eval_idx = picked[: s.late_train], picked[s.late_train :]
+    if len(eval_idx) < 20:
+        raise SystemExit(
+            f"medical.py: the late joiner's eval set has {len(eval_idx)} examples: lower late_train"
+        )
+    d = out / f"late-s{seed}"
+    train_file = write_rows(d / "train.jsonl", examples, labels, train_idx)
+    eval_file = write_rows(d / "eval.jsonl", examples, labels, eval_idx)
+    spec = parse_scenario(scenario(s, "dual", "ring", seed, model, labels, files))
+    cfg = prepare_for_memory(spec, d / "tmp").nodes[0]
+    train = dataclasses.replace(cfg.train, data=str(train_file), eval_data=str(eval_file))
+    states = node_adapters(mesh_dir, sorted(p.name for p in mesh_dir.glob("node*")))
+    curves: dict[str, list[float]] = {}
+    for start in ("mesh", "scratch"):
+        dual = load_dual_lora(cfg.model, cfg.adapter, torch.device("cpu"), local_seed=seed + 99)
+        if start == "mesh":
+            dual.set_global_state(
+                {k: torch.stack([st[k] for st in states.values()]).mean(0) for k in dual.global_keys()}
+            )
+        trainer = LocalTrainer(dual, cfg.model, train)
+        curve = [trainer.evaluate()["macro_f1"]]
+        for _ in range(s.rounds):
+            trainer.train_round()
+            curve.append(trainer.evaluate()["macro_f1"])
+        curves[start] = curve
+    target = curves["scratch"][-1]
+    reach = next((r for r, v in enumerate(curves["mesh"]) if v >= target), None)
+    return {
+        "seed": seed,
+        "late_train": len(train_idx),
+        "late_eval": len(eval_idx),
+        "mesh": curves["mesh"],
+        "scratch": curves["scratch"],
+        "rounds_to_match": reach,
+    }
+
+
 def run_all(
     s: Settings,
     tasks: Sequence[str],
@@ -580,6 +654,7 @@ def run_all(
     t0 = time.perf_counter()
     paths = {task: data_file(data_dir, task) for task in tasks}  # every file checked before any work
     results, data_info = [], {}
+    late_results: list[dict[str, Any]] = []
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(dataclasses.asdict(s)))
     for task in tasks:
@@ -609,6 +684,18 @@ def run_all(
                             f"  {method:>8} {topology:>14}: macro-F1 {r['mean_score']:.4f} "
                             f"(shared test {r['shared_test_mean']:.4f}) {r['run_s']:.0f} s"
                         )
+                    mesh_runs = [(m, t) for m, t in plan if m == "dual"]
+                    if cs.late_train > 0 and mesh_runs:
+                        m, t = mesh_runs[0]
+                        mesh_dir = cfg_dir / f"{m}-{t}-s{seed}"
+                        late = late_joiner(cs, seed, model, labels, examples, split, files, mesh_dir, cfg_dir)
+                        late_results.append(
+                            {"task": task, "sites": n_sites, "alpha": alpha, "method": m, **late}
+                        )
+                        log(
+                            f"  late joiner ({late['late_train']} examples) after {m} {t}: macro-F1 "
+                            f"{late['mesh'][-1]:.4f} from the mesh, {late['scratch'][-1]:.4f} from scratch"
+                        )
     return {
         "wall_s": time.perf_counter() - t0,
         "device": "cpu",
@@ -616,6 +703,7 @@ def run_all(
         "data": data_info,
         "results": results,
         "paired": paired(results, s.n_boot),
+        "late_joiner": late_results,
     }
 
 
@@ -676,6 +764,7 @@ def tables(result: dict[str, Any]) -> str:
                     f"{p['mean']:+.4f} | [{lo:+.4f}, {hi:+.4f}] |"
                 )
         lines.append("")
+    lines += late_joiner_table(result.get("late_joiner", []), result["settings"]["n_boot"])
     st = result["settings"]
     lines += [
         f"Settings: {st['rounds']} rounds x {st['steps']} steps, batch {st['batch']}, max_length "
@@ -686,6 +775,34 @@ def tables(result: dict[str, Any]) -> str:
         f"wall time {result['wall_s']:.0f} s",
     ]
     return "\n".join(lines)
+
+
+def late_joiner_table(late: list[dict[str, Any]], n_boot: int) -> list[str]:
+    """Markdown: the late joiner's macro-F1 by round from the mesh and from scratch, mean over seeds."""
+    lines = []
+    for task in sorted({r["task"] for r in late}):
+        rs = [r for r in late if r["task"] == task]
+        rounds = len(rs[0]["mesh"])
+        mean = {
+            k: [statistics.fmean(r[k][i] for r in rs) for i in range(rounds)] for k in ("mesh", "scratch")
+        }
+        diff, lo, hi = bootstrap_ci([r["mesh"][-1] - r["scratch"][-1] for r in rs], n_boot)
+        reach = [r["rounds_to_match"] for r in rs]
+        lines += [
+            f"## Late joiner, {task} ({rs[0]['late_train']} training examples, {rs[0]['late_eval']} eval)",
+            "",
+            f"macro-F1 on its own eval set after each round, mean over {len(rs)} seeds:",
+            "",
+            "| start | " + " | ".join(f"r{i}" for i in range(rounds)) + " |",
+            "|---|" + "---|" * rounds,
+            *(f"| {k} | " + " | ".join(f"{x:.3f}" for x in mean[k]) + " |" for k in ("mesh", "scratch")),
+            "",
+            f"Final round, mesh - scratch: {diff:+.4f} [{lo:+.4f}, {hi:+.4f}] (bootstrap over seeds). Rounds "
+            f"the mesh start needs to reach the scratch start's final score, per seed: "
+            + ", ".join("never" if x is None else str(x) for x in reach),
+            "",
+        ]
+    return lines
 
 
 def variant_settings(opts: Sequence[str]) -> dict[str, Any]:

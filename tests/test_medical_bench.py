@@ -196,9 +196,12 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
         "max_length=32",
         "eval_min=6",
         "min_site=12",
-        "test_max=10",
+        "test_max=40",
+        "test_fraction=0.3",
         "monitor=4",
         "n_boot=200",
+        "late_train=6",
+        "late_eval=20",
     ]
     threads = torch.get_num_threads()
     try:
@@ -258,5 +261,14 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
     }
     for p in result["paired"]:
         assert p["n_pairs"] == 3 and p["ci95"][0] <= p["mean"] <= p["ci95"][1]
-    assert (tmp_path / "out" / "medical.md").read_text().count("dual-central") == 6
+    # The late joiner: after each seed's dual run, from the mesh's consensus and from scratch.
+    late = {r["task"]: r for r in result["late_joiner"]}
+    assert set(late) == {"mtsamples", "abstracts"}
+    for r in late.values():
+        assert r["method"] == "dual" and r["late_train"] == 6 and r["late_eval"] == 20
+        assert len(r["mesh"]) == len(r["scratch"]) == 2  # before training, then after each round
+        assert r["rounds_to_match"] is None or 0 <= r["rounds_to_match"] <= 1
+    assert (tmp_path / "out" / "mtsamples-n3-a1" / "late-s0" / "train.jsonl").read_text().count("\n") == 6
+    md = (tmp_path / "out" / "medical.md").read_text()
+    assert md.count("dual-central") == 6 and "## Late joiner, abstracts (6 training examples, 20 eval)" in md
     assert (tmp_path / "out" / "mtsamples-n3-a1" / "report" / "report.md").exists()
