@@ -3,7 +3,8 @@
 `global` is learned by the mesh and its state travels; `local` never leaves the site. With FFA-LoRA
 (the default) A_g is drawn from the mesh-wide seed and frozen, so only B_g trains and travels and
 mixing B_g is exact. The `DualLora` object is the only place that knows which tensor plays which role:
-the send path reads `global_state()` and nothing else.
+the send path reads `global_state()` and nothing else. The two adapters of a layer are computed in one
+LoRA pass of rank r_g + r_l (fused.py, `adapter.fused`); the parameters stay peft's own.
 
 peft 0.21 notes: `base_model.set_adapter(["global", "local"])` activates both and sets requires_grad on
 both (also on A_g, which we freeze again afterwards). The seq-cls head is NOT put in peft's
