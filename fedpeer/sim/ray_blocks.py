@@ -126,9 +126,10 @@ def _startup_logs(lines: int = 6) -> str:
 
 
 def start_local_ray(cpus: int, echo: Echo, **options: Any) -> None:
-    """Start a Ray on this machine (loopback only, no dashboard), trying twice: a raylet gives its
-    agents a fixed 15 s to start, which the first start on a cold, busy machine can miss
-    (ray-project/ray#65983). A second failure is one FedpeerError with the tail of Ray's logs."""
+    """Start a Ray on this machine (loopback only, no dashboard), trying twice: the first start on a
+    cold, busy machine can outlast Ray's fixed 30 s wait for its node (seen in this project's CI and
+    on its 2-core machines, where the second try came up; Ray's own fixed agent timeouts are
+    ray-project/ray#65983). A second failure is one FedpeerError with the tail of Ray's logs."""
     ray = import_ray()
     for attempt in (1, 2):
         try:
