@@ -26,17 +26,22 @@ def task_setup(request, tiny_llama_dir: Path, tiny_bert_cls_dir: Path, tmp_path_
     path, labels = (tiny_llama_dir, ()) if task == "causal-lm" else (tiny_bert_cls_dir, DEMO_LABELS)
     site = write_demo_sites(tmp_path_factory.mktemp(task), 1, task=task, n_train=32, n_eval=8)[0]
     model = ModelConfig(path=str(path), task=task, labels=labels, dropout=False)
-    train = TrainConfig(
-        data=str(site / "train.jsonl"),
-        eval_data=str(site / "eval.jsonl"),
+    return model, small_train(site / "train.jsonl", site / "eval.jsonl")
+
+
+def small_train(data: Path, eval_data: Path, **train: object) -> TrainConfig:
+    """3 steps of 8 examples of at most 48 tokens on the CPU, every block computed (no prefix cache)."""
+    return TrainConfig(
+        data=str(data),
+        eval_data=str(eval_data),
         steps_per_round=3,
         batch_size=8,
         lr=5e-3,
         max_length=48,
         device="cpu",
         frozen_cache_mb=0,
+        **train,  # type: ignore[arg-type]
     )
-    return model, train
 
 
 def pair(model: ModelConfig, **adapter: object):

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
+from fedpeer.config import AdapterConfig, ModelConfig
 from fedpeer.datasets.synth import DEMO_LABELS, write_demo_sites
 from fedpeer.errors import ConfigError, ModelError
 from fedpeer.model import load_dual_lora
 from fedpeer.train import LocalTrainer, make_batch
 from fedpeer.train.data import TokenCache, read_jsonl
 from tests.conftest import write_jsonl
+from tests.test_fused import small_train
 
 CPU = torch.device("cpu")
 
@@ -42,17 +43,7 @@ def setup(request, tiny_llama_dir: Path, tiny_bert_cls_dir: Path, tmp_path_facto
     else:
         data = site / "train.jsonl"
         model = ModelConfig(path=str(tiny_bert_cls_dir), task=task, labels=DEMO_LABELS, dropout=False)
-    train = TrainConfig(
-        data=str(data),
-        eval_data=str(site / "eval.jsonl"),
-        steps_per_round=3,
-        batch_size=8,
-        lr=5e-3,
-        max_length=48,
-        device="cpu",
-        frozen_cache_mb=0,
-        class_weights="balanced" if task == "seq-cls" else "none",
-    )
+    train = small_train(data, site / "eval.jsonl", class_weights="balanced" if task == "seq-cls" else "none")
     return model, AdapterConfig(rank=4, alpha=8.0), train
 
 
