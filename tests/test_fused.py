@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft.tuners.lora.layer import Linear as LoraLinear
 
 from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
 from fedpeer.datasets.synth import DEMO_LABELS, write_demo_sites
@@ -66,9 +67,16 @@ def test_fused_forward_and_gradients_equal_peft_two_adapters(task_setup) -> None
     examples = read_jsonl(train_cfg.data, model_cfg.task, model_cfg.labels)[:8]
     batch = make_batch(examples, fused.tokenizer, model_cfg.task, 48, ("input_ids", "attention_mask"))
     outs = []
+
+    def peft_forward_called(*args, **kwargs):
+        raise AssertionError("the fused model fell back to peft's two passes")
+
     for dual in (fused, plain):
         dual.model.train()
-        out = dual.model(**batch)
+        with pytest.MonkeyPatch.context() as mp:
+            if dual is fused:  # the fused pass itself must run, not peft's forward behind it
+                mp.setattr(LoraLinear, "forward", peft_forward_called)
+            out = dual.model(**batch)
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in dual.model.named_parameters() if p.grad is not None}
         outs.append((out.logits.detach(), grads))
