@@ -156,3 +156,26 @@ def node_adapters(run_dir: Path, node_ids: list[str]) -> dict[str, dict[str, tor
         assert ck is not None, f"no checkpoint in {run_dir / node_id}"
         out[node_id] = ck.group("adapter")
     return out
+
+
+def joiner_curves(
+    cfg: Any, train: Any, mesh_dir: Path, rounds: int, local_seed: int
+) -> dict[str, list[float]]:
+    """A site joining after the mesh in `mesh_dir` ran: macro-F1 on its eval data before training and
+    after each of `rounds` rounds alone, starting from the mesh's consensus (the mean of the nodes'
+    final global adapters) and from scratch. `cfg` gives the model and adapter, `train` its data."""
+    states = list(node_adapters(mesh_dir, sorted(p.name for p in mesh_dir.glob("node*"))).values())
+    curves = {}
+    for start in ("mesh", "scratch"):
+        dual = load_dual_lora(cfg.model, cfg.adapter, torch.device("cpu"), local_seed=local_seed)
+        if start == "mesh":
+            dual.set_global_state(
+                {k: torch.stack([st[k] for st in states]).mean(0) for k in dual.global_keys()}
+            )
+        trainer = LocalTrainer(dual, cfg.model, train)
+        curve = [trainer.evaluate()["macro_f1"]]
+        for _ in range(rounds):
+            trainer.train_round()
+            curve.append(trainer.evaluate()["macro_f1"])
+        curves[start] = curve
+    return curves

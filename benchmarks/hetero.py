@@ -38,10 +38,8 @@ from typing import Any
 import torch
 
 from fedpeer.datasets.clinical import write_clinical_sites, write_pooled
-from fedpeer.model.dual_lora import load_dual_lora
 from fedpeer.scenario.runner import ProcessRunner, prepare_for_memory, prepare_for_processes, run_inprocess
 from fedpeer.scenario.spec import parse_scenario
-from fedpeer.train.loop import LocalTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 from common_learning import (  # noqa: E402
@@ -49,9 +47,9 @@ from common_learning import (  # noqa: E402
     codec_share,
     final_f1,
     isolate,
+    joiner_curves,
     log,
     minilm_path,
-    node_adapters,
     train_central,
     write_run_json,
 )
@@ -173,21 +171,7 @@ def new_site_curves(s: Settings, mesh_dir: Path, model: str, seed: int, out: Pat
     prepared = prepare_for_memory(spec, out / "new-site-tmp")
     cfg = prepared.nodes[0]
     train = dataclasses.replace(cfg.train, data=str(site / "train.jsonl"), eval_data=str(site / "eval.jsonl"))
-    mesh_states = list(node_adapters(mesh_dir, sorted(p.name for p in mesh_dir.glob("node*"))).values())
-    curves = {}
-    for start in ("mesh", "scratch"):
-        dual = load_dual_lora(cfg.model, cfg.adapter, torch.device("cpu"), local_seed=seed + 99)
-        if start == "mesh":  # the mesh's consensus: the mean of the nodes' final global adapters
-            dual.set_global_state(
-                {k: torch.stack([st[k] for st in mesh_states]).mean(0) for k in dual.global_keys()}
-            )
-        trainer = LocalTrainer(dual, cfg.model, train)
-        curve = [trainer.evaluate()["macro_f1"]]
-        for _ in range(s.new_site_rounds):
-            trainer.train_round()
-            curve.append(trainer.evaluate()["macro_f1"])
-        curves[start] = curve
-    return curves
+    return joiner_curves(cfg, train, mesh_dir, s.new_site_rounds, local_seed=seed + 99)
 
 
 def grpc_check(s: Settings, model: str, inproc_dir: Path, out: Path) -> dict[str, Any]:

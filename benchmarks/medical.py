@@ -96,6 +96,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a
 from common_learning import (  # noqa: E402
     bytes_per_link_round,
     isolate,
+    joiner_curves,
     log,
     minilm_path,
     node_adapters,
@@ -614,20 +615,7 @@ def late_joiner(
     spec = parse_scenario(scenario(s, "dual", "ring", seed, model, labels, files))
     cfg = prepare_for_memory(spec, d / "tmp").nodes[0]
     train = dataclasses.replace(cfg.train, data=str(train_file), eval_data=str(eval_file))
-    states = node_adapters(mesh_dir, sorted(p.name for p in mesh_dir.glob("node*")))
-    curves: dict[str, list[float]] = {}
-    for start in ("mesh", "scratch"):
-        dual = load_dual_lora(cfg.model, cfg.adapter, torch.device("cpu"), local_seed=seed + 99)
-        if start == "mesh":
-            dual.set_global_state(
-                {k: torch.stack([st[k] for st in states.values()]).mean(0) for k in dual.global_keys()}
-            )
-        trainer = LocalTrainer(dual, cfg.model, train)
-        curve = [trainer.evaluate()["macro_f1"]]
-        for _ in range(s.rounds):
-            trainer.train_round()
-            curve.append(trainer.evaluate()["macro_f1"])
-        curves[start] = curve
+    curves = joiner_curves(cfg, train, mesh_dir, s.rounds, local_seed=seed + 99)
     target = curves["scratch"][-1]
     reach = next((r for r, v in enumerate(curves["mesh"]) if v >= target), None)
     return {
