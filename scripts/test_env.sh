@@ -3,6 +3,9 @@
 # engine and the node image built offline (base image by debootstrap, wheels from the package
 # index on the host), so the Docker and network-namespace tests run. Without root those tests skip,
 # saying why. Idempotent: images that exist are reused.
+#
+# When the machine lacks the disk for the node image (build_node_image.sh exits 75), the suite
+# still runs: the reason goes to .test-env/node-image, and the container tests skip, quoting it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $(id -u) != 0 ]]; then
@@ -15,5 +18,17 @@ bash scripts/docker/ensure_docker.sh
 bash scripts/docker/build_base_image.sh & base=$!
 bash scripts/docker/build_wheelhouse.sh
 wait "$base"
-bash scripts/docker/build_node_image.sh
+mkdir -p .test-env
+rm -f .test-env/node-image
+status=0
+bash scripts/docker/build_node_image.sh || status=$?
+if [[ $status == 75 ]]; then
+  root=$(docker info -f '{{.DockerRootDir}}')
+  echo "too little disk: $(df -Pm "$root" | awk 'NR == 2 {print $4}') MB free under $root," \
+    "the build needs about ${NODE_IMAGE_MIN_FREE_MB:-3000} MB" >.test-env/node-image
+  echo "[test-env] warning: $(cat .test-env/node-image): the Docker tests will skip"
+  exit 0
+elif [[ $status != 0 ]]; then
+  exit "$status"
+fi
 echo "[test-env] Docker engine and node image ready in $(($(date +%s) - start)) s"

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +38,9 @@ def docker_missing() -> str:
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         return "needs a Docker engine: `docker info` fails (start dockerd: scripts/docker/ensure_docker.sh)"
     if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode != 0:
-        return f"needs the node image {IMAGE}: build it with scripts/docker/build_node_image.sh"
+        why = Path(__file__).parents[1] / ".test-env" / "node-image"  # scripts/test_env.sh's reason
+        reason = f" (not built: {why.read_text().strip()})" if why.exists() else ""
+        return f"needs the node image {IMAGE}{reason}: build it with scripts/docker/build_node_image.sh"
     return ""
 
 
