@@ -65,11 +65,13 @@ log "building $NODE_TAG on $BASE_IMAGE from $WHEELHOUSE/, served at $wheels_url 
 # from other sources (a stale image runs old node code against new host-side configs).
 digest=$(for d in fedpeer cli; do (cd "$d" && find . -name '*.py' | LC_ALL=C sort | xargs cat); done \
   | sha256sum | cut -d' ' -f1)
-# Show the steps as they run; the whole output stays in $buildlog for a failed build.
+# Show the steps as they run (their first 120 characters); the whole output stays in $buildlog
+# for a failed build.
 set +e
 docker build ${DOCKER_BUILD_ARGS:-} --network host --build-arg "WHEELS_URL=$wheels_url" \
   --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "fedpeer.source=$digest" -t "$NODE_TAG" . 2>&1 \
-  | tee "$buildlog" | grep --line-buffered -E '^(Step [0-9]+/|Successfully tagged|#[0-9]+ \[)'
+  | tee "$buildlog" \
+  | awk '/^(Step [0-9]+\/|Successfully tagged|#[0-9]+ \[)/ { print substr($0, 1, 120); fflush() }'
 status=${PIPESTATUS[0]}
 set -e
 if [[ $status != 0 ]]; then
