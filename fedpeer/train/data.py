@@ -150,6 +150,11 @@ class TokenCache:
             enc = self.tokenizer(example.text, truncation=True, max_length=self.max_length)
             return Tokenized(tuple(enc["input_ids"]), label=example.label)
         ids, start = split_prompt(self.tokenizer, example)
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and ids[-1:] != [eos]:
+            # The completion ends with eos, learned like its words, also where the tokenizer adds none
+            # (GPT-2 style BPE, SmolLM2): a model fine-tuned without it never learns where to stop.
+            ids = [*ids, eos]
         # Keep the whole completion when it fits, else its beginning; drop what precedes the window.
         lo = max(0, min(len(ids) - self.max_length, start))
         ids = ids[lo : lo + self.max_length]
