@@ -144,7 +144,7 @@ TASKS = {
 GENERATION_SETTINGS = {
     "max_length": 192,
     "batch": 8,
-    "lr": 1e-3,
+    "lr": 1e-2,  # 1e-3 barely moved the eval loss in 32 steps (3.01 -> 3.00; 1e-2: 2.97 -> 2.87)
     "eval_min": 60,
     "monitor": 4,
     "test_fraction": 0.0,

@@ -146,3 +146,31 @@ def test_speed_settings_are_checked(setup) -> None:
             dataclasses.replace(train_cfg, **bad).validate()
     with pytest.raises(ConfigError, match="model.quantize must be none or 4bit"):
         ModelConfig(path="x", quantize="8bit").validate()
+
+
+@pytest.mark.parametrize("last_k", [0, 1])
+def test_the_lm_head_runs_on_learned_tokens_only_same_steps(setup, last_k: int, monkeypatch) -> None:
+    """A causal LM's loss applies the head to the learned positions only: the same losses and weights
+    as the model's own loss over every position (last_k 1: through the frozen-prefix cache too)."""
+    import fedpeer.train.loop as loop
+
+    model_cfg, adapter_cfg, train_cfg = setup
+    if model_cfg.task != "causal-lm":
+        pytest.skip("causal-lm only")
+    setup = (model_cfg, dataclasses.replace(adapter_cfg, last_k_blocks=last_k), train_cfg)
+    rows = []
+    real = loop.LocalTrainer._learned_loss
+
+    def counting(self, model, examples, batch):
+        rows.append(int(batch["attention_mask"].sum()))
+        return real(self, model, examples, batch)
+
+    monkeypatch.setattr(loop.LocalTrainer, "_learned_loss", counting)
+    fast = run(setup)
+    trainer = fast[2]
+    assert rows and trainer._head is not None  # the head-on-learned-tokens path ran ...
+    assert trainer.dual.model.get_output_embeddings() is trainer._head  # ... and put the head back
+    monkeypatch.setattr(loop, "_plain_head", lambda model, task, train_model: (None, (model, "")))
+    full = run(setup)
+    assert full[2]._head is None
+    assert_same_training(fast, full)

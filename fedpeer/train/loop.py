@@ -121,6 +121,7 @@ class LocalTrainer:
         )
         self.prefix_cache = _prefix_cache(dual, model_cfg, train_cfg)
         self._train_model = _compiled(dual, train_cfg, self.prefix_cache)
+        self._head, self._head_slot = _plain_head(dual.model, self.task, self._train_model)
         self._class_weight: torch.Tensor | None = None
         if self.task == "seq-cls" and train_cfg.class_weights == "balanced":
             labels = [e.label for e in self.train_examples]
@@ -193,12 +194,39 @@ class LocalTrainer:
     def _loss(
         self, model: torch.nn.Module, examples: Sequence[Example], batch: dict[str, torch.Tensor]
     ) -> Any:
-        """The mean training loss of one (micro-)batch, class-weighted when train.class_weights says so."""
+        """The mean training loss of one (micro-)batch, class-weighted when train.class_weights says so.
+
+        A causal LM computes its vocabulary logits only where a token is learned (`_learned_logits`):
+        with completion-only loss most positions are prompt, and the head is the costliest layer of a
+        small LM (SmolLM2-135M: a 49k x 576 matrix against 4 M weights per block)."""
+        if self.task != "seq-cls" and self._head is not None:
+            return self._learned_loss(model, examples, batch)
         if self._class_weight is None:
             return self._forward(model, examples, batch).loss
         labels = batch.pop("labels")
         logits = self._forward(model, examples, batch).logits.float()
         return F.cross_entropy(logits, labels, weight=self._class_weight)
+
+    def _learned_loss(
+        self, model: torch.nn.Module, examples: Sequence[Example], batch: dict[str, torch.Tensor]
+    ) -> Any:
+        """The model's own causal-LM loss (mean over learned tokens; token t predicts t + 1), with the
+        head applied to the learned positions only: the forward runs with the head swapped for an
+        identity, so its "logits" are the final hidden states."""
+        head = self._head
+        assert head is not None
+        labels = batch.pop("labels")
+        targets = labels[:, 1:]
+        learned = targets != IGNORE_INDEX
+        owner, name = self._head_slot
+        setattr(owner, name, torch.nn.Identity())
+        try:
+            hidden = self._forward(model, examples, batch).logits
+        finally:
+            setattr(owner, name, head)
+        with _autocast(self._amp, self.dual.device):
+            logits = head(hidden[:, :-1][learned])
+        return F.cross_entropy(logits.float(), targets[learned])
 
     def _loss_terms(self, batch: dict[str, torch.Tensor]) -> float:
         """What the batch's mean loss divides by: predicted tokens (causal-lm), examples or their class
@@ -404,6 +432,31 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError('train.precision = "fp16" needs a CUDA device; use "bf16" or "fp32" on a CPU')
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _plain_head(
+    model: torch.nn.Module, task: str, train_model: torch.nn.Module
+) -> tuple[torch.nn.Linear | None, tuple[torch.nn.Module, str]]:
+    """The causal LM's output head and where it sits (module, attribute), when the loss may apply it
+    to the learned positions only: a frozen plain Linear whose output is the logits (no final soft-
+    capping or logit scale after it, as Gemma 2 and Cohere have) in an uncompiled model. Else None."""
+    none: tuple[None, tuple[torch.nn.Module, str]] = (None, (model, ""))
+    if task == "seq-cls" or train_model is not model:
+        return none
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    config = getattr(model, "config", None)
+    if (
+        type(head) is not torch.nn.Linear
+        or any(p.requires_grad for p in head.parameters())
+        or any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale"))
+    ):
+        return none
+    for module in model.modules():
+        for name, child in module.named_children():
+            if child is head:
+                return head, (module, name)
+    return none
 
 
 def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager[Any]:
