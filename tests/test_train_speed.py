@@ -149,7 +149,7 @@ def test_speed_settings_are_checked(setup) -> None:
 
 
 @pytest.mark.parametrize("last_k", [0, 1])
-def test_the_lm_head_runs_on_learned_tokens_only_same_steps(setup, last_k: int, monkeypatch) -> None:
+def test_the_lm_head_runs_on_learned_tokens_only_same_steps_and_eval(setup, last_k: int, monkeypatch) -> None:
     """A causal LM's loss applies the head to the learned positions only: the same losses and weights
     as the model's own loss over every position (last_k 1: through the frozen-prefix cache too)."""
     import fedpeer.train.loop as loop
@@ -174,3 +174,5 @@ def test_the_lm_head_runs_on_learned_tokens_only_same_steps(setup, last_k: int, 
     full = run(setup)
     assert full[2]._head is None
     assert_same_training(fast, full)
+    # Evaluation takes the same route: the same eval loss from the same weights.
+    assert fast[2].evaluate()["eval_loss"] == pytest.approx(full[2].evaluate()["eval_loss"], rel=1e-5)

@@ -211,8 +211,16 @@ class LocalTrainer:
         self, model: torch.nn.Module, examples: Sequence[Example], batch: dict[str, torch.Tensor]
     ) -> Any:
         """The model's own causal-LM loss (mean over learned tokens; token t predicts t + 1), with the
-        head applied to the learned positions only: the forward runs with the head swapped for an
-        identity, so its "logits" are the final hidden states."""
+        head applied to the learned positions only."""
+        logits, targets = self._learned_logits(model, examples, batch)
+        return F.cross_entropy(logits, targets)
+
+    def _learned_logits(
+        self, model: torch.nn.Module, examples: Sequence[Example], batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 logits of the learned positions (labels popped from `batch`) and their targets. The
+        forward runs with the head swapped for an identity, so its "logits" are the final hidden states;
+        the head then runs on the rows that are learned."""
         head = self._head
         assert head is not None
         labels = batch.pop("labels")
@@ -226,7 +234,7 @@ class LocalTrainer:
             setattr(owner, name, head)
         with _autocast(self._amp, self.dual.device):
             logits = head(hidden[:, :-1][learned])
-        return F.cross_entropy(logits.float(), targets[learned])
+        return logits.float(), targets[learned]
 
     def _loss_terms(self, batch: dict[str, torch.Tensor]) -> float:
         """What the batch's mean loss divides by: predicted tokens (causal-lm), examples or their class
@@ -252,6 +260,11 @@ class LocalTrainer:
             loss_sum, count, truth, preds = 0.0, 0, [], []
             for examples in _chunks(self.eval_examples, self.cfg.batch_size):
                 batch = self._batch(examples)
+                if self.task != "seq-cls" and self._head is not None:
+                    logits, targets = self._learned_logits(model, examples, batch)
+                    batch_loss = float(F.cross_entropy(logits, targets, reduction="sum"))
+                    loss_sum, count = loss_sum + batch_loss, count + targets.numel()
+                    continue
                 labels = batch.pop("labels")
                 logits = self._forward(model, examples, batch).logits.float()
                 batch_loss, batch_count = _loss_sum(logits, labels, self.task)
