@@ -452,7 +452,8 @@ def _plain_head(
 ) -> tuple[torch.nn.Linear | None, tuple[torch.nn.Module, str]]:
     """The causal LM's output head and where it sits (module, attribute), when the loss may apply it
     to the learned positions only: a frozen plain Linear whose output is the logits (no final soft-
-    capping or logit scale after it, as Gemma 2 and Cohere have) in an uncompiled model. Else None."""
+    capping or scaling after it, as Gemma 2, Cohere and Granite have) in an uncompiled model. Else
+    None: the model's own loss."""
     none: tuple[None, tuple[torch.nn.Module, str]] = (None, (model, ""))
     if task == "seq-cls" or train_model is not model:
         return none
@@ -462,7 +463,7 @@ def _plain_head(
     if (
         type(head) is not torch.nn.Linear
         or any(p.requires_grad for p in head.parameters())
-        or any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale"))
+        or any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
     ):
         return none
     for module in model.modules():
