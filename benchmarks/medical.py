@@ -775,6 +775,7 @@ def run_all(
             "metric": metric(task),
             "settings": dataclasses.asdict(ts),  # the task's own defaults applied
         }
+        (out / "data.json").write_text(json.dumps(data_info))  # for --merge of this --out directory
         kind = "specialty groups (they skew the sites)" if generation else "classes"
         log(f"{task}: {len(examples)} examples, {len(labels)} {kind}: {info['classes']}")
         for n_sites in sites:
@@ -882,15 +883,18 @@ def tables(result: dict[str, Any]) -> str:
                 )
         lines.append("")
     lines += late_joiner_table(result.get("late_joiner", []), result["settings"]["n_boot"])
-    st = result["settings"]
-    lines += [
-        f"Settings: {st['rounds']} rounds x {st['steps']} steps, batch {st['batch']}, max_length "
-        f"{st['max_length']}, lr {st['lr']:g}, LoRA rank {st['rank']} on the last {st['last_k_blocks']} "
-        f"blocks, codec {st['codec']}. The per-round curves of <task>-n<sites>-a<alpha>/report/ score each "
-        f"site's {st['monitor']}-example monitor subset, not its full eval set: use the tables above.",
-        "",
-        f"wall time {result['wall_s']:.0f} s",
-    ]
+    for task in dict.fromkeys(r["task"] for r in result["results"]):
+        # A task's own defaults (GENERATION_SETTINGS) where the run recorded them, else the run's.
+        st = result.get("data", {}).get(task, {}).get("settings") or result["settings"]
+        lines += [
+            f"Settings ({task}): {st['rounds']} rounds x {st['steps']} steps, batch {st['batch']}, "
+            f"max_length {st['max_length']}, lr {st['lr']:g}, LoRA rank {st['rank']} on the last "
+            f"{st['last_k_blocks']} blocks, codec {st['codec']} (a method's +FIELD=VALUE overrides these). "
+            f"The per-round curves of {task}-n<sites>-a<alpha>/report/ score each site's {st['monitor']}-"
+            "example monitor subset, not its full eval set: use the tables above.",
+            "",
+        ]
+    lines.append(f"wall time {result['wall_s']:.0f} s")
     return "\n".join(lines)
 
 
@@ -961,7 +965,8 @@ def _load_part(path: Path) -> dict[str, Any]:
     rows = (path / "results.jsonl").read_text().splitlines()
     results = [json.loads(line) for line in rows if line.strip()]
     settings = json.loads((path / "settings.json").read_text())
-    return {"wall_s": 0.0, "device": "cpu", "settings": settings, "data": {}, "results": results}
+    data = json.loads((path / "data.json").read_text()) if (path / "data.json").exists() else {}
+    return {"wall_s": 0.0, "device": "cpu", "settings": settings, "data": data, "results": results}
 
 
 def merge(files: Sequence[Path], out: Path | None, as_json: bool, ap: argparse.ArgumentParser) -> None:
