@@ -95,6 +95,24 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def run_benchmark(
+    medical, capsys, data: Path, model: Path, out: Path, task: str, methods: str, settings
+) -> dict:
+    """medical.main on 3 sites, alpha 1.0, one seed; its --json object."""
+    threads = torch.get_num_threads()
+    try:
+        medical.main(
+            [
+                *("--task", task, "--data-dir", str(data), "--sites", "3", "--alpha", "1.0"),
+                *("--seeds", "1", "--methods", methods, "--model", str(model), "--out", str(out), "--json"),
+                *(x for kv in settings for x in ("--set", kv)),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 def test_mtsamples_filter_drops_note_types_surgery_and_ambiguous_notes():
     medical = load_benchmark()
     rows = mtsamples_rows()
@@ -203,33 +221,10 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
         "late_train=6",
         "late_eval=20",
     ]
-    threads = torch.get_num_threads()
-    try:
-        medical.main(
-            [
-                "--task",
-                "mtsamples,abstracts",
-                "--data-dir",
-                str(data),
-                "--sites",
-                "3",
-                "--alpha",
-                "1.0",
-                "--seeds",
-                "1",
-                "--methods",
-                "local,global,dual,central,fedrep,dual-ab,dual-a+dual_head=split",
-                "--model",
-                str(model),
-                "--out",
-                str(tmp_path / "out"),
-                "--json",
-                *(x for kv in settings for x in ("--set", kv)),
-            ]
-        )
-    finally:
-        torch.set_num_threads(threads)
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    methods = "local,global,dual,central,fedrep,dual-ab,dual-a+dual_head=split"
+    result = run_benchmark(
+        medical, capsys, data, model, tmp_path / "out", "mtsamples,abstracts", methods, settings
+    )
     assert result["device"] == "cpu" and result["wall_s"] > 0
     combos = {(r["task"], r["method"], r["topology"]) for r in result["results"]}
     for task in ("mtsamples", "abstracts"):
@@ -318,33 +313,9 @@ def test_impression_task_smoke_on_tiny_files(tmp_path, capsys):
         intermediate_size=64,
     )
     settings = ["rounds=1", "steps=1", "max_length=48", "eval_min=6", "min_site=12", "n_boot=200"]
-    threads = torch.get_num_threads()
-    try:
-        medical.main(
-            [
-                "--task",
-                "impression",
-                "--data-dir",
-                str(data),
-                "--sites",
-                "3",
-                "--alpha",
-                "1.0",
-                "--seeds",
-                "1",
-                "--methods",
-                "local,dual",
-                "--model",
-                str(model),
-                "--out",
-                str(tmp_path / "out"),
-                "--json",
-                *(x for kv in settings for x in ("--set", kv)),
-            ]
-        )
-    finally:
-        torch.set_num_threads(threads)
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = run_benchmark(
+        medical, capsys, data, model, tmp_path / "out", "impression", "local,dual", settings
+    )
     assert result["data"]["impression"]["metric"] == "rouge_l"
     assert result["data"]["impression"]["settings"]["lr"] == medical.GENERATION_SETTINGS["lr"]
     assert result["data"]["impression"]["settings"]["max_length"] == 48  # --set wins over the task's own
