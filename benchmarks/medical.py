@@ -213,6 +213,7 @@ class Settings:
     local_rank: int = 0  # adapter.local_rank (0: rank)
     dual_head: str = _ADAPTER.head  # adapter.head of dual: local, global or split (shared + private)
     schedule: str = "joint"  # train.schedule
+    proximal: float = 0.0  # train.proximal (Ditto-style decay of the private part towards the shared model)
     frozen_cache_mb: int = 1024  # train.frozen_cache_mb (0: recompute the frozen blocks every step)
     weighting: str = "metropolis-hastings"  # gossip.weighting (data-size, val-loss: data-aware mixing)
     codec: str = "lossless"
@@ -479,6 +480,7 @@ def scenario(
             "device": "cpu",
             "class_weights": s.class_weights if labels else "none",
             "schedule": s.schedule,
+            "proximal": s.proximal,
             "frozen_cache_mb": s.frozen_cache_mb,
         },
         "gossip": {

@@ -166,6 +166,7 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             batch_size=4,
             lr=1e-3,
             weight_decay=0.01,
+            proximal=0.5,
             max_length=64,
             seed=5,
             class_weights="balanced",

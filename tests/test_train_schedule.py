@@ -1,4 +1,5 @@
-"""train.schedule: which part (shared with the mesh, or private) each step of a round updates."""
+"""train.schedule: which part (shared with the mesh, or private) each step of a round updates; and
+train.proximal, the extra weight decay of the private part."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def trainer(
-    tiny_bert_cls_dir: Path, site: Path, schedule: str, steps: int, **adapter: object
+    tiny_bert_cls_dir: Path, site: Path, schedule: str, steps: int, proximal: float = 0.0, **adapter: object
 ) -> LocalTrainer:
     model_cfg = ModelConfig(path=str(tiny_bert_cls_dir), task="seq-cls", labels=DEMO_LABELS, dropout=False)
     adapter_cfg = AdapterConfig(rank=4, alpha=8.0, head="local", **adapter)  # type: ignore[arg-type]
@@ -36,6 +37,7 @@ def trainer(
         lr=1e-2,
         device="cpu",
         schedule=schedule,
+        proximal=proximal,
     )
     return LocalTrainer(dual, model_cfg, train_cfg)
 
@@ -97,3 +99,44 @@ def test_local_rank_sets_the_private_adapter_rank(tiny_bert_cls_dir: Path, site:
 def test_unknown_schedule_is_refused() -> None:
     with pytest.raises(ConfigError, match="train.schedule"):
         dataclasses.replace(TrainConfig(data="x.jsonl"), schedule="sometimes").validate()
+
+
+def test_proximal_decays_the_private_part_only(tiny_bert_cls_dir: Path, site: Path) -> None:
+    # One AdamW step from the same start: decoupled decay multiplies the private tensors by
+    # (1 - lr * proximal) before the update, and leaves the shared ones as without it.
+    plain = trainer(tiny_bert_cls_dir, site, "joint", 1)
+    pulled = trainer(tiny_bert_cls_dir, site, "joint", 1, proximal=5.0)
+    start = [p.detach().clone() for p in pulled.dual.private_parameters()]
+    assert any(bool(p.abs().sum() > 0) for p in start)  # something for the decay to act on
+    plain.train_round()
+    pulled.train_round()
+    for a, b in zip(plain.dual.shared_parameters(), pulled.dual.shared_parameters(), strict=True):
+        assert torch.equal(a, b)
+    lr = plain.cfg.lr
+    private = zip(plain.dual.private_parameters(), pulled.dual.private_parameters(), start, strict=True)
+    for a, b, p0 in private:
+        torch.testing.assert_close(b.detach(), a.detach() - lr * 5.0 * p0, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("saved", "resumed"), [(0.0, 3.0), (3.0, 0.0)])
+def test_trainer_state_loads_across_proximal_settings(
+    tiny_bert_cls_dir: Path, site: Path, saved: float, resumed: float
+) -> None:
+    # One optimizer group or two: a restart may switch train.proximal on or off.
+    a = trainer(tiny_bert_cls_dir, site, "joint", 2, proximal=saved)
+    a.train_round()
+    tensors, meta = a.state_tensors(), a.state_meta()
+    b = trainer(tiny_bert_cls_dir, site, "joint", 2, proximal=resumed)
+    b.dual.load_adapter_state(a.dual.adapter_state())
+    b.load_state(tensors, meta)
+    moments = [b._optim.state[p]["exp_avg"] for p in b.dual.trainable_parameters()]
+    for p, m in zip(a.dual.trainable_parameters(), moments, strict=True):
+        assert torch.equal(a._optim.state[p]["exp_avg"], m)
+    decay = [g["weight_decay"] for g in b._optim.param_groups]
+    assert decay == ([0.0, resumed] if resumed else [0.0])
+    b.train_round()
+
+
+def test_negative_proximal_is_refused() -> None:
+    with pytest.raises(ConfigError, match="train.proximal"):
+        dataclasses.replace(TrainConfig(data="x.jsonl"), proximal=-1.0).validate()

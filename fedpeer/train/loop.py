@@ -103,7 +103,7 @@ class LocalTrainer:
         # The fused CUDA kernel: one launch for all tensors. CPU keeps the reference implementation.
         self._fused_adamw = dual.device.type == "cuda"
         self._optim = torch.optim.AdamW(
-            self._params,
+            self._param_groups(),
             lr=train_cfg.lr,
             weight_decay=train_cfg.weight_decay,
             fused=self._fused_adamw or None,
@@ -128,6 +128,17 @@ class LocalTrainer:
             self._class_weight = balanced_class_weights(labels, len(model_cfg.labels)).to(dual.device)
         self.rounds = 0
         self.steps = 0
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """One group, or with train.proximal the private part in a group of its own with that much more
+        weight decay. Either way the parameters keep `trainable_parameters` order (shared, then
+        private), so optimizer state is indexed alike and checkpoints load across the two layouts."""
+        if self.cfg.proximal == 0 or not self._private:
+            return [{"params": self._params}]
+        return [
+            {"params": self._shared},
+            {"params": self._private, "weight_decay": self.cfg.weight_decay + self.cfg.proximal},
+        ]
 
     @property
     def train_size(self) -> int:
@@ -377,18 +388,10 @@ class LocalTrainer:
                 f"trainer state is for {meta.get('num_params')} trainable tensors, this model has "
                 f"{len(self._params)}: the checkpoint belongs to another adapter config"
             )
-        # The current config's lr and weight decay win: a restart is the moment to change them.
-        # So does this machine's AdamW kernel (a run may resume on other hardware).
-        groups = [
-            {
-                **g,
-                "betas": tuple(g["betas"]),
-                "lr": self.cfg.lr,
-                "weight_decay": self.cfg.weight_decay,
-                "fused": self._fused_adamw or None,
-            }
-            for g in meta["param_groups"]
-        ]
+        # The current config's groups win (lr, weight decay, proximal): a restart is the moment to
+        # change them. So does this machine's AdamW kernel (a run may resume on other hardware). The
+        # moments are indexed by position in `trainable_parameters` order, whatever the grouping.
+        groups = self._optim.state_dict()["param_groups"]
         self._optim.load_state_dict({"state": _unflatten_optim(tensors), "param_groups": groups})
         if self._scaler and "grad_scaler" in meta:
             self._scaler.load_state_dict(meta["grad_scaler"])
