@@ -185,14 +185,18 @@ def parse_bool(value: str) -> bool:
     raise ValueError(value)
 
 
-def node_adapters(run_dir: Path, node_ids: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-    """Each node's last checkpointed adapter state (global incl. frozen A_g, local, head)."""
+def node_adapters(
+    run_dir: Path, node_ids: list[str], best: bool = False
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Each node's last checkpointed adapter state (global incl. frozen A_g, local, head); best: the
+    state of its best-evaluated round instead (train.keep_best)."""
     from fedpeer import checkpoint
+    from fedpeer.node.state import load_best
 
     out = {}
     for node_id in node_ids:
-        ck = checkpoint.load(run_dir / node_id)
-        assert ck is not None, f"no checkpoint in {run_dir / node_id}"
+        ck = load_best(run_dir / node_id) if best else checkpoint.load(run_dir / node_id)
+        assert ck is not None, f"no {'best round' if best else 'checkpoint'} in {run_dir / node_id}"
         out[node_id] = ck.group("adapter")
     return out
 

@@ -214,6 +214,11 @@ class Settings:
     dual_head: str = _ADAPTER.head  # adapter.head of dual: local, global or split (shared + private)
     schedule: str = "joint"  # train.schedule
     proximal: float = 0.0  # train.proximal (Ditto-style decay of the private part towards the shared model)
+    # train.keep_best (eval_loss, macro_f1): each site scores its model every round on a validation
+    # split of its own training data (val_fraction of it, no longer trained on) instead of the monitor
+    # set, and the final scores are those of its best round. off: the last round's model.
+    keep_best: str = "off"
+    val_fraction: float = 0.15
     frozen_cache_mb: int = 1024  # train.frozen_cache_mb (0: recompute the frozen blocks every step)
     weighting: str = "metropolis-hastings"  # gossip.weighting (data-size, val-loss: data-aware mixing)
     codec: str = "lossless"
@@ -482,6 +487,8 @@ def scenario(
             "schedule": s.schedule,
             "proximal": s.proximal,
             "frozen_cache_mb": s.frozen_cache_mb,
+            "keep_best": s.keep_best,
+            "eval_fraction": s.val_fraction,
         },
         "gossip": {
             "rounds": s.rounds,
@@ -512,8 +519,13 @@ def prepare_run(
     spec = parse_scenario(scenario(s, method, topology, seed, model, labels, files))
     prepared = prepare_for_memory(spec, out)
     # Each node scores its small monitor set every round; the full eval set is scored once at the end.
+    # With keep_best the rounds are scored on a validation split of the site's training data instead:
+    # choosing a round by the eval set would report a score the site could not have known.
     nodes = tuple(
-        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_data=str(f["monitor"])))
+        dataclasses.replace(
+            cfg,
+            train=dataclasses.replace(cfg.train, eval_data="" if s.keep_best != "off" else str(f["monitor"])),
+        )
         for cfg, f in zip(prepared.nodes, files, strict=True)
     )
     prepared = dataclasses.replace(prepared, nodes=nodes)
@@ -542,13 +554,17 @@ def run_one(
     ids = [c.node_id for c in prepared.nodes]
     t0 = time.perf_counter()
     if method == "central":
+        if s.keep_best != "off":
+            raise SystemExit(
+                "keep_best is a setting of the mesh methods and local: central has no rounds to keep"
+            )
         pooled = write_pooled([Path(f["train"]).parent for f in files], run_dir / "pooled.jsonl", seed=seed)
         _, dual = train_central(prepared, pooled, s.steps * s.sites, s.rounds, seed)
         states = None
     else:
         run_inprocess(prepared)
         dual = load_dual_lora(prepared.nodes[0].model, prepared.nodes[0].adapter, torch.device("cpu"), seed)
-        states = node_adapters(run_dir, ids)
+        states = node_adapters(run_dir, ids, best=s.keep_best != "off")
     train_s = time.perf_counter() - t0
     own, test = evaluate_sites(prepared, dual, states, files)
     wall = time.perf_counter() - t0

@@ -31,9 +31,17 @@ def export(
     force: Annotated[
         bool, typer.Option("--force", help="Write into a non-empty OUT, overwriting the adapter files.")
     ] = False,
+    best: Annotated[
+        bool,
+        typer.Option(
+            "--best",
+            help="Export the best-evaluated round kept by train.keep_best (STATE_DIR/best) instead of the "
+            "latest round.",
+        ),
+    ] = False,
 ) -> None:
-    """Write the node's latest checkpoint as a PEFT adapter: load it with
-    `PeftModel.from_pretrained(base_model, OUT)`."""
+    """Write the node's latest checkpoint (or with --best its best round) as a PEFT adapter: load it
+    with `PeftModel.from_pretrained(base_model, OUT)`."""
     setup_logging()
     from fedpeer.config import load_node_config
     from fedpeer.errors import ConfigError
@@ -47,10 +55,21 @@ def export(
     from fedpeer.errors import CheckpointError
     from fedpeer.model.dual_lora import load_dual_lora, resolve_device
     from fedpeer.model.export import export_peft
+    from fedpeer.node.state import best_dir, load_best
 
-    ck = checkpoint.load(cfg.state_dir)
-    if ck is None:
-        raise CheckpointError(f"{cfg.state_dir} has no checkpoint yet: run the node for at least one round")
+    if best:
+        ck = load_best(cfg.state_dir)
+        if ck is None:
+            raise CheckpointError(
+                f"{best_dir(cfg.state_dir)} holds no best round: set train.keep_best (eval_loss or "
+                "macro_f1) in the node's config and run it, or export the latest round without --best"
+            )
+    else:
+        ck = checkpoint.load(cfg.state_dir)
+        if ck is None:
+            raise CheckpointError(
+                f"{cfg.state_dir} has no checkpoint yet: run the node for at least one round"
+            )
     dual = load_dual_lora(cfg.model, cfg.adapter, resolve_device("cpu"), local_seed=0)
     if ck.meta.get("fingerprint") != dual.fingerprint():
         raise CheckpointError(
@@ -60,7 +79,8 @@ def export(
     path = export_peft(dual, out, adapters=adapter)
     both = "global + local adapters" if cfg.adapter.use_local else "global adapter: no local one"
     what = {"both": both, "global": "global adapter", "local": "local adapter"}[adapter]
-    typer.echo(f"exported round {ck.meta['round']} of {cfg.node_id} ({what}) to {path}")
+    kept = f", the best by {ck.meta['criterion']} = {ck.meta['value']:.4f}" if best else ""
+    typer.echo(f"exported round {ck.meta['round']} of {cfg.node_id} ({what}{kept}) to {path}")
 
 
 def _check_out(out: Path, force: bool) -> None:

@@ -25,6 +25,7 @@ from fedpeer.config import AdapterConfig, ModelConfig, dump_toml, load_node_conf
 from fedpeer.datasets.synth import DEMO_LABELS, demo_corpus
 from fedpeer.errors import ModelError
 from fedpeer.model import build_tiny_model, export_peft, load_dual_lora
+from fedpeer.node.state import best_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -100,18 +101,12 @@ def _site_checkpoint(config: Path):
     return dual
 
 
-def test_export_global_only_is_the_node_global_adapter(tmp_path: Path, tiny_llama_dir: Path) -> None:
+def assert_global_export(out: Path, dual, model_dir: Path) -> None:
+    """`out` is an export of `dual`'s global adapter alone, to the last bit."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    config = write_config(tmp_path, tiny_llama_dir)
-    dual = _site_checkpoint(config)
-    out = tmp_path / "global"
-    r = invoke("export", "--config", config, "--out", out, "--adapter", "global")
-    assert r.exit_code == 0, r.output
-    assert "exported round 3 of site-a (global adapter)" in r.stdout
-
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(out))
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(out))
     assert rank(out) == 4  # the global adapter alone, not stacked with the local one
     ours = dual.adapter_state()
     lora = {n: p for n, p in loaded.named_parameters() if ".lora_" in n}
@@ -119,6 +114,17 @@ def test_export_global_only_is_the_node_global_adapter(tmp_path: Path, tiny_llam
     for name, p in lora.items():
         key = name.removeprefix("base_model.model.").replace(".default.", ".global.")
         torch.testing.assert_close(p.detach(), ours[key], rtol=0, atol=0)
+
+
+def test_export_global_only_is_the_node_global_adapter(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    config = write_config(tmp_path, tiny_llama_dir)
+    dual = _site_checkpoint(config)
+    out = tmp_path / "global"
+    r = invoke("export", "--config", config, "--out", out, "--adapter", "global")
+    assert r.exit_code == 0, r.output
+    assert "exported round 3 of site-a (global adapter)" in r.stdout
+
+    assert_global_export(out, dual, tiny_llama_dir)
 
     # --force writes over the adapter files: now both adapters, rank 8.
     again = invoke("export", "--config", config, "--out", out, "--force")
@@ -128,6 +134,26 @@ def test_export_global_only_is_the_node_global_adapter(tmp_path: Path, tiny_llam
         "adapter_config.json",
         "adapter_model.safetensors",
     ]
+
+
+def test_export_best_is_the_kept_round_and_says_so(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    config = write_config(tmp_path, tiny_llama_dir, train={"data": "train.jsonl", "keep_best": "eval_loss"})
+    latest = _site_checkpoint(config)
+    missing = invoke("export", "--config", config, "--out", tmp_path / "none", "--best")
+    assert_one_line_error(missing, "holds no best round", "train.keep_best", "without --best")
+
+    cfg = load_node_config(config)
+    best = load_dual_lora(cfg.model, cfg.adapter, CPU, local_seed=5)
+    best.set_global_state({k: torch.randn_like(v) * 0.1 for k, v in best.global_state().items()})
+    meta = {"round": 2, "criterion": "eval_loss", "value": 1.25, "fingerprint": best.fingerprint()}
+    checkpoint.save(best_dir(cfg.state_dir), checkpoint.flatten({"adapter": best.adapter_state()}), meta)
+    r = invoke("export", "--config", config, "--out", tmp_path / "best", "--adapter", "global", "--best")
+    assert r.exit_code == 0, r.output
+    assert "exported round 2 of site-a (global adapter, the best by eval_loss = 1.2500)" in r.stdout
+    assert_global_export(tmp_path / "best", best, tiny_llama_dir)
+    plain = invoke("export", "--config", config, "--out", tmp_path / "latest", "--adapter", "global")
+    assert "exported round 3 of site-a (global adapter)" in plain.stdout
+    assert_global_export(tmp_path / "latest", latest, tiny_llama_dir)
 
 
 def test_global_only_export_refuses_a_private_head(tmp_path: Path, tiny_bert_cls_dir: Path) -> None:

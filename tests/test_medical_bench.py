@@ -221,7 +221,7 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
         "late_train=6",
         "late_eval=20",
     ]
-    methods = "local,global,dual,central,fedrep,dual-ab,dual-a+dual_head=split"
+    methods = "local,global,dual,central,fedrep,dual-ab,dual-a+dual_head=split,dual+keep_best=macro_f1"
     result = run_benchmark(
         medical, capsys, data, model, tmp_path / "out", "mtsamples,abstracts", methods, settings
     )
@@ -236,6 +236,7 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
             ("fedrep", "ring"),
             ("dual-ab", "ring"),
             ("dual-a+dual_head=split", "ring"),
+            ("dual+keep_best=macro_f1", "ring"),
         }
     for r in result["results"]:
         assert set(r) >= {"task", "sites", "alpha", "method", "topology", "seed", "mean_score", "per_site"}
@@ -251,7 +252,7 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
     assert comparisons == {
         (t, m, c)
         for t in ("mtsamples", "abstracts")
-        for m in ("dual", "dual-ab", "dual-a+dual_head=split")
+        for m in ("dual", "dual-ab", "dual-a+dual_head=split", "dual+keep_best=macro_f1")
         for c in ("dual-best_baseline", "dual-central")
     }
     for p in result["paired"]:
@@ -265,7 +266,11 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
         assert r["rounds_to_match"] is None or 0 <= r["rounds_to_match"] <= 1
     assert (tmp_path / "out" / "mtsamples-n3-a1" / "late-s0" / "train.jsonl").read_text().count("\n") == 6
     md = (tmp_path / "out" / "medical.md").read_text()
-    assert md.count("dual-central") == 6 and "## Late joiner, abstracts (6 training examples, 20 eval)" in md
+    # keep_best: every site's best round kept, scored on a split of its training data, not the eval set
+    kept = tmp_path / "out" / "mtsamples-n3-a1" / "dual+keep_best=macro_f1-ring-s0"
+    assert all((kept / f"node{i}" / "best" / "checkpoint.safetensors").exists() for i in range(3))
+    assert not (tmp_path / "out" / "mtsamples-n3-a1" / "dual-ring-s0" / "node0" / "best").exists()
+    assert md.count("dual-central") == 8 and "## Late joiner, abstracts (6 training examples, 20 eval)" in md
     assert (tmp_path / "out" / "mtsamples-n3-a1" / "report" / "report.md").exists()
 
 

@@ -167,6 +167,7 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             lr=1e-3,
             weight_decay=0.01,
             proximal=0.5,
+            keep_best="eval_loss",
             max_length=64,
             seed=5,
             class_weights="balanced",

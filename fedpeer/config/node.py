@@ -201,6 +201,11 @@ class NodeConfig:
             "gossip.gamma",
             "must be < 1 with the lossy pipeline codec (CHOCO's consensus step; 0.5 is a safe start)",
         )
+        require(
+            self.train.keep_best != "macro_f1" or self.model.task == "seq-cls",
+            "train.keep_best",
+            'macro_f1 needs model.task = "seq-cls"; a causal-lm site keeps its best model by eval_loss',
+        )
         for i, link in enumerate(self.links):
             link.validate(f"links[{i}]")
             require(

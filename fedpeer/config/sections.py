@@ -17,6 +17,7 @@ TASKS = ("causal-lm", "seq-cls")
 HEAD_SCOPES = ("global", "local", "split")
 CLASS_WEIGHTS = ("none", "balanced")
 SCHEDULES = ("joint", "alternate", "global-first", "local-first")
+KEEP_BEST = ("off", "eval_loss", "macro_f1")
 SHARED_FACTORS = ("b", "a", "ab")
 WEIGHTINGS = ("metropolis-hastings", "data-size", "val-loss")
 ROBUST_RULES = ("none", "clipped")
@@ -214,6 +215,17 @@ class TrainConfig:
             "(docs/results/medical)."
         },
     )
+    keep_best: str = field(
+        default="off",
+        metadata={
+            "help": "Keep the site's best model, not just its latest: after each round's evaluation (on "
+            "eval_data, or the hold-out of `data`; never the data you report on), a round that scores "
+            "better than every earlier one by this criterion has its adapters written to STATE_DIR/best "
+            "(atomically; `fedpeer export --best` exports them). eval_loss (lower is better) or macro_f1 "
+            "(seq-cls, higher is better). Training and mixing go on from the latest state either way. "
+            "off: no copy."
+        },
+    )
     max_length: int = field(
         default=128,
         metadata={
@@ -308,6 +320,11 @@ class TrainConfig:
         require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         require(self.lr >= 0, "train.lr", "must be >= 0")
         require(self.proximal >= 0, "train.proximal", "must be >= 0 (0 = off)")
+        require(
+            self.keep_best in KEEP_BEST,
+            "train.keep_best",
+            f"must be one of {', '.join(KEEP_BEST)}, got {self.keep_best!r}",
+        )
         require(self.max_length >= 8, "train.max_length", "must be >= 8")
         require(
             self.schedule in SCHEDULES,

@@ -9,7 +9,7 @@ One round t, as data flows (`run_round` reads in this order):
              round deadline passes (transport threads decode and queue frames meanwhile)
 5. apply     queued q_j -> x_hat_j exactly once, in seq order; resync gaps/restarts by snapshot
 6. mix       x += gamma * sum_j w_ij (x_hat_j - x_hat_self) over neighbours heard this round
-7. evaluate, checkpoint (atomic), metrics
+7. evaluate, keep the best round's adapters (train.keep_best), checkpoint (atomic), metrics
 
 The rooms: `neighbours.py` (peer table, handshakes, sends, snapshots), `service.py` (what transport
 threads call), `state.py` (checkpoint and resume), `gossip/` (CHOCO state and math), `build.py`
@@ -73,6 +73,7 @@ class Node:
         self.heard_any = False  # from any neighbour, in any round of this process
         self.phase = "starting"
         self.last_loss = self.last_distance = self.last_eval_loss = math.nan
+        self.best: state.Best | None = None  # train.keep_best: the best round so far
         self.address = ""
 
     # ================================================================ the round loop
@@ -136,6 +137,8 @@ class Node:
             evaluation = self.trainer.evaluate()
         self.last_eval_loss = evaluation.get("eval_loss", math.nan)
 
+        with timer.span("checkpoint"):
+            state.keep_if_best(self, t, evaluation)
         self.completed_round = t
         self.rounds_run += 1
         outcome = RoundOutcome(

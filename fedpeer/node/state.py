@@ -1,11 +1,13 @@
 """A node's state on disk: one atomic checkpoint per round (fedpeer/checkpoint.py), and resuming
 from it. Everything a round changes is in it: both adapters, x̂_self and its seq, every public copy,
-the optimizer, the RNG, the round."""
+the optimizer, the RNG, the round. With train.keep_best, STATE_DIR/best holds the adapters of the
+best-evaluated round as a second checkpoint of the same format."""
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +50,78 @@ def save(node: Node, record: RoundRecord | None = None) -> None:
     checkpoint.save(node.cfg.state_dir, checkpoint.flatten(groups), meta)
 
 
+BEST_DIR = "best"
+
+
+@dataclass(frozen=True)
+class Best:
+    round: int
+    criterion: str
+    value: float
+
+    def beaten_by(self, value: float) -> bool:
+        """Strictly better (a tie keeps the earlier round)."""
+        return value < self.value if self.criterion == "eval_loss" else value > self.value
+
+
+def best_dir(state_dir: str | Path) -> Path:
+    return Path(state_dir) / BEST_DIR
+
+
+def keep_if_best(node: Node, round_: int, evaluation: dict[str, float]) -> bool:
+    """With train.keep_best: if this round's evaluation beats every earlier round's, write the
+    adapters to STATE_DIR/best (before the round's checkpoint: a crash in between reruns the round,
+    which then finds itself no better and keeps what it wrote). True when it did."""
+    criterion = node.cfg.train.keep_best
+    value = evaluation.get(criterion, math.nan)
+    if criterion == "off" or not math.isfinite(value):
+        return False
+    if node.best is not None and not node.best.beaten_by(value):
+        return False
+    node.best = Best(round_, criterion, value)
+    meta = {
+        "node_id": node.cfg.node_id,
+        "round": round_,
+        "criterion": criterion,
+        "value": value,
+        "fingerprint": node.dual.fingerprint(),
+    }
+    checkpoint.save(
+        best_dir(node.cfg.state_dir), checkpoint.flatten({"adapter": node.dual.adapter_state()}), meta
+    )
+    log.info(
+        "%s: round %d is the best so far (%s %.4f): kept in %s",
+        node.cfg.node_id,
+        round_,
+        criterion,
+        value,
+        best_dir(node.cfg.state_dir),
+    )
+    return True
+
+
+def load_best(state_dir: str | Path) -> checkpoint.Checkpoint | None:
+    """STATE_DIR/best's checkpoint (train.keep_best), or None if no round was kept."""
+    return checkpoint.load(best_dir(state_dir))
+
+
+def _resume_best(node: Node) -> None:
+    """Compare the coming rounds with the kept best, if it was kept by the same criterion."""
+    criterion = node.cfg.train.keep_best
+    ck = load_best(node.cfg.state_dir) if criterion != "off" else None
+    if ck is None:
+        return
+    if ck.meta.get("criterion") != criterion or ck.meta.get("fingerprint") != node.dual.fingerprint():
+        log.warning(
+            "%s: %s was kept by another criterion or adapter config (%s): the next round replaces it",
+            node.cfg.node_id,
+            best_dir(node.cfg.state_dir),
+            ck.meta.get("criterion"),
+        )
+        return
+    node.best = Best(int(ck.meta["round"]), criterion, float(ck.meta["value"]))
+
+
 def resume(node: Node) -> None:
     """Continue from STATE_DIR's checkpoint, if there is one (with a new epoch)."""
     ck = checkpoint.load(node.cfg.state_dir)
@@ -67,6 +141,7 @@ def resume(node: Node) -> None:
     node.last_eval_loss = float(ck.meta.get("last_eval_loss") or math.nan)
     node.copies.set_round(node.completed_round)
     _restore_record(node, ck.meta.get("record"))
+    _resume_best(node)
     log.info(
         "%s: resumed from %s at round %d (seq %d)",
         node.cfg.node_id,

@@ -1,0 +1,95 @@
+"""train.keep_best: the adapters of the best-evaluated round, kept in STATE_DIR/best across restarts."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedpeer.config import NodeConfig
+from fedpeer.errors import ConfigError
+from fedpeer.node import build_node
+from fedpeer.node.state import Best, load_best
+from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
+from tests.meshutil import prepared_memory, tiny_spec
+
+SOLO = {"join_timeout_s": 0.2, "linger_s": 0.0, "allow_solo": True}
+
+
+def solo_config(tmp_path: Path, rounds: int, keep_best: str = "eval_loss") -> NodeConfig:
+    spec = tiny_spec(nodes=2, gossip={**SOLO, "rounds": rounds}, train={"keep_best": keep_best})
+    return prepared_memory(spec, tmp_path).nodes[0]
+
+
+def run_scripted(cfg: NodeConfig, losses: list[float]) -> dict[int, dict[str, torch.Tensor]]:
+    """Run the node with its evaluation replaced by `losses`, one per round it runs; return the
+    adapters it held when each round was evaluated."""
+    node = build_node(cfg, MemoryTransport(MemoryNetwork()))
+    script = iter(losses)
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def evaluate() -> dict[str, float]:
+        seen[node.completed_round + 1] = {k: v.clone() for k, v in node.dual.adapter_state().items()}
+        return {"eval_loss": next(script)}
+
+    node.trainer.evaluate = evaluate  # type: ignore[method-assign]
+    node.run()
+    assert next(script, None) is None, "every scripted round ran"
+    return seen
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_the_best_round_is_kept_not_the_latest(tmp_path: Path) -> None:
+    seen = run_scripted(solo_config(tmp_path, rounds=4), [2.0, 1.0, 1.5, 1.2])
+    best = load_best(tmp_path / "node0")
+    assert best is not None
+    assert (best.meta["round"], best.meta["criterion"], best.meta["value"]) == (2, "eval_loss", 1.0)
+    assert_same(best.group("adapter"), seen[2])
+    assert any(not torch.equal(seen[2][k], seen[4][k]) for k in seen[2]), "training went on after round 2"
+
+
+def test_a_restarted_node_compares_with_the_best_before_its_stop(tmp_path: Path) -> None:
+    cfg = solo_config(tmp_path, rounds=2)
+    seen = run_scripted(cfg, [2.0, 1.0])
+    # Resumed for two more rounds that are worse than round 2 but better than round 1: without the
+    # kept value, round 3 would replace the best.
+    run_scripted(dataclasses.replace(cfg, gossip=dataclasses.replace(cfg.gossip, rounds=4)), [1.5, 1.2])
+    best = load_best(cfg.state_dir)
+    assert best is not None and best.meta["round"] == 2
+    assert_same(best.group("adapter"), seen[2])
+
+
+def test_off_keeps_nothing(tmp_path: Path) -> None:
+    cfg = solo_config(tmp_path, rounds=2, keep_best="off")
+    run_scripted(cfg, [2.0, 1.0])
+    assert load_best(cfg.state_dir) is None
+    assert (Path(cfg.state_dir) / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("criterion", "kept", "value", "better"),
+    [
+        ("eval_loss", 1.0, 0.9, True),
+        ("eval_loss", 1.0, 1.0, False),  # a tie keeps the earlier round
+        ("eval_loss", 1.0, 1.1, False),
+        ("macro_f1", 0.5, 0.6, True),
+        ("macro_f1", 0.5, 0.5, False),
+        ("macro_f1", 0.5, 0.4, False),
+    ],
+)
+def test_which_value_is_better(criterion: str, kept: float, value: float, better: bool) -> None:
+    assert Best(1, criterion, kept).beaten_by(value) is better
+
+
+def test_config_refuses_what_cannot_be_kept(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.keep_best must be one of off, eval_loss, macro_f1"):
+        solo_config(tmp_path, rounds=1, keep_best="accuracy")
+    with pytest.raises(ConfigError, match='macro_f1 needs model.task = "seq-cls"'):
+        solo_config(tmp_path, rounds=1, keep_best="macro_f1")  # the tiny spec is a causal LM
