@@ -10,10 +10,10 @@ import torch
 
 from fedpeer.config import NodeConfig
 from fedpeer.errors import ConfigError
-from fedpeer.node import build_node
+from fedpeer.node import build_node, lifecycle
 from fedpeer.node.state import Best, load_best
 from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
-from tests.meshutil import prepared_memory, tiny_spec
+from tests.meshutil import prepared_memory, random_global_state, tiny_spec
 
 SOLO = {"join_timeout_s": 0.2, "linger_s": 0.0, "allow_solo": True}
 
@@ -93,3 +93,29 @@ def test_config_refuses_what_cannot_be_kept(tmp_path: Path) -> None:
         solo_config(tmp_path, rounds=1, keep_best="accuracy")
     with pytest.raises(ConfigError, match='macro_f1 needs model.task = "seq-cls"'):
         solo_config(tmp_path, rounds=1, keep_best="macro_f1")  # the tiny spec is a causal LM
+
+
+def test_the_mesh_adapter_taken_when_catching_up_is_a_candidate(tmp_path: Path) -> None:
+    # A late joiner takes the mesh's global adapter (here: node1's snapshot) and only then trains:
+    # if its own rounds score worse, the kept best is the mesh's model as it took it.
+    cfg = solo_config(tmp_path, rounds=7)
+    node = build_node(cfg, MemoryTransport(MemoryNetwork()))
+    mesh = random_global_state(node, seed=1)
+    node.neighbours.peers["node1"].info = node.me()  # as after a handshake
+
+    def resync(j: str, t: int) -> bool:
+        node.copies.install_snapshot(j, "epoch-1", t, seq=t, x_hat=mesh)
+        return True
+
+    node.resync = resync  # type: ignore[method-assign]
+    losses = iter([1.0, 1.5, 1.2])  # at the catch-up, then after rounds 6 and 7
+    node.trainer.evaluate = lambda: {"eval_loss": next(losses)}  # type: ignore[method-assign]
+    lifecycle.catch_up(node, 5)
+    node.run_round(6)
+    node.run_round(7)
+    node.close()
+    best = load_best(cfg.state_dir)
+    assert best is not None and (best.meta["round"], best.meta["value"]) == (5, 1.0)
+    kept = best.group("adapter")
+    for k, v in mesh.items():
+        torch.testing.assert_close(kept[k], v, rtol=0, atol=0)

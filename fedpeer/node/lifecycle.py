@@ -52,7 +52,9 @@ def join(node: Node) -> int:
 def catch_up(node: Node, to_round: int) -> None:
     """We missed more rounds than the protocol can replay: jump to `to_round`, and rejoin the
     consensus by taking the mesh's global adapter, the mean of our neighbours' public copies as of
-    that round (snapshots, which also resync our copies of them). Our local adapter is kept."""
+    that round (snapshots, which also resync our copies of them). Our local adapter is kept. With
+    train.keep_best the model as taken is a candidate too: a site that joins late with little data
+    may do no better than the mesh's model by training on its own."""
     node.copies.set_round(to_round)
     fetched = [j for j, p in node.neighbours.peers.items() if p.info is not None and node.resync(j, to_round)]
     if fetched:
@@ -66,6 +68,8 @@ def catch_up(node: Node, to_round: int) -> None:
             ", ".join(fetched),
         )
     node.completed_round = to_round
+    if fetched and node.cfg.train.keep_best != "off":
+        state.keep_if_best(node, to_round, node.trainer.evaluate())
     state.save(node)
 
 
