@@ -220,7 +220,8 @@ class TrainConfig:
         metadata={
             "help": "Keep the site's best model, not just its latest: after each round's evaluation (on "
             "eval_data, or the hold-out of `data`; never the data you report on), a round that scores "
-            "better than every earlier one by this criterion has its adapters written to STATE_DIR/best "
+            "better than every earlier one by this criterion (the mesh's adapter a node takes when it "
+            "catches up counts as one) has its adapters written to STATE_DIR/best "
             "(atomically; `fedpeer export --best` exports them). eval_loss (lower is better) or macro_f1 "
             "(seq-cls, higher is better). Training and mixing go on from the latest state either way. "
             "off: no copy."
