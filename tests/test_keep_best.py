@@ -66,6 +66,16 @@ def test_a_restarted_node_compares_with_the_best_before_its_stop(tmp_path: Path)
     assert_same(best.group("adapter"), seen[2])
 
 
+def test_temp_files_of_an_interrupted_best_save_are_removed_at_start(tmp_path: Path) -> None:
+    cfg = solo_config(tmp_path, rounds=1)
+    run_scripted(cfg, [2.0])
+    stale = tmp_path / "node0" / "best" / ".checkpoint-abc123.tmp"  # a kill inside the best copy's save
+    stale.write_bytes(b"\0" * 4096)
+    build_node(cfg, MemoryTransport(MemoryNetwork())).close()
+    assert not stale.exists()
+    assert load_best(cfg.state_dir) is not None
+
+
 def test_off_keeps_nothing(tmp_path: Path) -> None:
     cfg = solo_config(tmp_path, rounds=2, keep_best="off")
     run_scripted(cfg, [2.0, 1.0])

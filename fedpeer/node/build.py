@@ -20,7 +20,9 @@ log = logging.getLogger("fedpeer.node")
 
 def build_node(cfg: NodeConfig, transport: Transport) -> Node:
     checkpoint.ensure_writable(cfg.state_dir)  # fail now, not after a round of training
-    if stale := checkpoint.remove_stale_temps(cfg.state_dir):
+    if stale := checkpoint.remove_stale_temps(cfg.state_dir) + checkpoint.remove_stale_temps(
+        state.best_dir(cfg.state_dir)
+    ):
         log.info("%s: removed %d temp file(s) of an interrupted checkpoint save", cfg.node_id, stale)
     dual = load_dual_lora(
         cfg.model, cfg.adapter, resolve_device(cfg.train.device), local_seed=local_seed(cfg)
