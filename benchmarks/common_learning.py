@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from fedpeer.metrics import MetricsWriter, RoundRecord, read_records
-from fedpeer.model.dual_lora import DualLora, load_dual_lora
+from fedpeer.model.dual_lora import DualLora, load_dual_lora, resolve_device
 from fedpeer.scenario.spec import PreparedScenario
 from fedpeer.train.loop import LocalTrainer
 
@@ -73,6 +73,12 @@ def smollm2_path(cache: Path | None = None) -> str:
     return str(out)
 
 
+def device_name(device: str) -> str:
+    """train.device as the runs resolve it, for the JSON output: "cpu", or "cuda (NVIDIA H200)"."""
+    d = resolve_device(device)
+    return f"{d.type} ({torch.cuda.get_device_name(d)})" if d.type == "cuda" else d.type
+
+
 def isolate(prepared: PreparedScenario) -> PreparedScenario:
     """local-only: the same nodes with no neighbours."""
     nodes = tuple(dataclasses.replace(cfg, neighbours=()) for cfg in prepared.nodes)
@@ -90,7 +96,7 @@ def train_central(
     central_cfg = dataclasses.replace(
         first.train, data=str(pooled), eval_data=first.train.eval_data, steps_per_round=steps_per_round
     )
-    dual = load_dual_lora(first.model, first.adapter, torch.device("cpu"), local_seed=seed)
+    dual = load_dual_lora(first.model, first.adapter, resolve_device(first.train.device), local_seed=seed)
     trainer = LocalTrainer(dual, first.model, central_cfg)
     evaluators = {}
     for c in sites:  # the central model, evaluated on each site's own held-out data
@@ -210,7 +216,7 @@ def joiner_curves(
     states = list(node_adapters(mesh_dir, sorted(p.name for p in mesh_dir.glob("node*"))).values())
     curves = {}
     for start in ("mesh", "scratch"):
-        dual = load_dual_lora(cfg.model, cfg.adapter, torch.device("cpu"), local_seed=local_seed)
+        dual = load_dual_lora(cfg.model, cfg.adapter, resolve_device(train.device), local_seed=local_seed)
         if start == "mesh":
             dual.set_global_state(
                 {k: torch.stack([st[k] for st in states]).mean(0) for k in dual.global_keys()}

@@ -50,6 +50,10 @@ no site trained on. It trains alone for the same rounds, starting once from the 
 global adapter and once from scratch; the report gives its macro-F1 round by round, the final
 difference (bootstrap over seeds) and the rounds the mesh start needs to reach scratch's final score.
 
+Device: --set device=auto (the default) runs every node of a run on the CUDA GPU when there is one,
+with bf16 autocast (train.precision auto); device=cpu keeps the fp32 CPU path that the committed
+results used. Each result row records the device it ran on.
+
 Speed: the node evaluates each round on a small monitor subset of its eval set (the per-round curves
 in report/); final scores are computed once from the checkpoints on the full eval and test sets.
 The frozen lower blocks are not recomputed: with LoRA on the last k blocks the trainer keeps each
@@ -96,7 +100,7 @@ import torch
 
 from fedpeer.config import AdapterConfig
 from fedpeer.datasets.clinical import write_pooled
-from fedpeer.model.dual_lora import DualLora, load_dual_lora
+from fedpeer.model.dual_lora import DualLora, load_dual_lora, resolve_device
 from fedpeer.scenario.runner import prepare_for_memory, run_inprocess
 from fedpeer.scenario.spec import PreparedScenario, parse_scenario
 from fedpeer.train.loop import LocalTrainer
@@ -104,6 +108,7 @@ from fedpeer.train.loop import LocalTrainer
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 from common_learning import (  # noqa: E402
     bytes_per_link_round,
+    device_name,
     isolate,
     joiner_curves,
     log,
@@ -219,6 +224,9 @@ class Settings:
     # set, and the final scores are those of its best round. off: the last round's model.
     keep_best: str = "off"
     val_fraction: float = 0.15
+    # train.device: auto (CUDA when present), cpu, cuda, cuda:N; every node of a run shares it, and
+    # train.precision's auto means bf16 autocast there (CPU runs stay fp32 and reproduce exactly)
+    device: str = "auto"
     frozen_cache_mb: int = 1024  # train.frozen_cache_mb (0: recompute the frozen blocks every step)
     weighting: str = "metropolis-hastings"  # gossip.weighting (data-size, val-loss: data-aware mixing)
     codec: str = "lossless"
@@ -482,7 +490,7 @@ def scenario(
             "max_length": s.max_length,
             "lr": s.lr,
             "seed": seed,
-            "device": "cpu",
+            "device": s.device,
             "class_weights": s.class_weights if labels else "none",
             "schedule": s.schedule,
             "proximal": s.proximal,
@@ -563,7 +571,8 @@ def run_one(
         states = None
     else:
         run_inprocess(prepared)
-        dual = load_dual_lora(prepared.nodes[0].model, prepared.nodes[0].adapter, torch.device("cpu"), seed)
+        cfg = prepared.nodes[0]
+        dual = load_dual_lora(cfg.model, cfg.adapter, resolve_device(cfg.train.device), seed)
         states = node_adapters(run_dir, ids, best=s.keep_best != "off")
     train_s = time.perf_counter() - t0
     own, test = evaluate_sites(prepared, dual, states, files)
@@ -578,6 +587,7 @@ def run_one(
         "shared_test_mean": statistics.fmean(test.values()),
         "shared_test_per_site": test,
         "bytes_per_link_round": bytes_per_link_round(run_dir),
+        "device": device_name(s.device),
         "train_s": train_s,
         "run_s": wall,
     }
@@ -833,7 +843,7 @@ def run_all(
                         )
     return {
         "wall_s": time.perf_counter() - t0,
-        "device": "cpu",
+        "device": device_name(s.device),
         "settings": dataclasses.asdict(s),
         "data": data_info,
         "results": results,
@@ -984,7 +994,7 @@ def _load_part(path: Path) -> dict[str, Any]:
     results = [json.loads(line) for line in rows if line.strip()]
     settings = json.loads((path / "settings.json").read_text())
     data = json.loads((path / "data.json").read_text()) if (path / "data.json").exists() else {}
-    return {"wall_s": 0.0, "device": "cpu", "settings": settings, "data": data, "results": results}
+    return {"wall_s": 0.0, "settings": settings, "data": data, "results": results}
 
 
 def merge(files: Sequence[Path], out: Path | None, as_json: bool, ap: argparse.ArgumentParser) -> None:
@@ -1005,7 +1015,8 @@ def merge(files: Sequence[Path], out: Path | None, as_json: bool, ap: argparse.A
         results.append(r)
     result = {
         "wall_s": sum(p["wall_s"] for p in parts),
-        "device": parts[0]["device"],
+        # rows written before runs recorded their device ran on the CPU
+        "device": ", ".join(sorted({r.get("device", "cpu") for r in results})),
         "settings": parts[0]["settings"],
         "data": {k: v for p in parts for k, v in p["data"].items()},
         "results": results,

@@ -1,31 +1,59 @@
 #!/usr/bin/env bash
-# The GPU checks of issue #14 in one run, for a session that is lent a CUDA machine (see the device
-# tool's README): the CUDA tests, then benchmarks/train_throughput.py on the ~1 B default shape and a
-# 4-bit smoke test. Prepare the wheels the machine lacks once, here (they travel with `carry`):
+# Every GPU check in one run, for a session lent a CUDA machine (see the device tool's README):
 #
-#   .venv/bin/pip download -d .whl --only-binary :all: --no-deps zstandard tensorly cryptography \
-#       networkx grpcio-health-checking pytest hypothesis bitsandbytes
-#   device run: bash scripts/gpu_check.sh        (carry: [".whl"], timeout_s: 540)
+#   1. the tests that exercise CUDA (skipped elsewhere), and the medical benchmark's smoke test, on the GPU;
+#   2. benchmarks/train_throughput.py on its ~1 B CUDA default shape (fused dual LoRA against plain peft,
+#      MFU, the codec's MB/s on the device) and a 4-bit smoke test (needs bitsandbytes; skipped without);
+#   3. benchmarks/medical.py's full default (mtsamples and abstracts, seeds 2-6, local/global/dual/central)
+#      as one process per (task, seed), all on the one GPU, then merged: its wall time and its scores.
 #
-# Results land in $OUT (train_throughput.json, tests.log), or ./gpu-out when $OUT is unset.
+# Prepare once, here: `bash scripts/gpu_prepare.sh` (wheels the machine lacks, the data and MiniLM).
+#   device run: bash scripts/gpu_check.sh     carry: [".whl", ".gpu"]     timeout_s: 600
+#
+# GPU_CHECK_BUDGET_S (default 540) bounds the whole script: the medical runs get what is left and are
+# stopped at that point; the runs that finished are still merged. Results land in $OUT (or ./gpu-out):
+# gpu.txt (with the 4-bit test), tests.log, train_throughput.{txt,err,json}, medical.{log,json,tgz}: 8
+# files, the most a device call brings back.
+# For a dry run on a CPU: PYTHON=.venv/bin/python TASKS=mtsamples SEEDS=2 \
+#   MEDICAL_ARGS="--quick --methods local,dual --set rounds=1 --set steps=1" TT_ARGS="--steps 1 --repeats 1"
 set -uo pipefail
+cd "$(dirname "$0")/.."
 out=${OUT:-gpu-out}
 mkdir -p "$out"
+budget=${GPU_CHECK_BUDGET_S:-540}
+py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
-pip install -q --no-index --find-links .whl zstandard tensorly cryptography networkx grpcio-health-checking \
-    pytest hypothesis 2>&1 | tail -2
-pip install -q --no-index --find-links .whl bitsandbytes 2>/dev/null || echo "no bitsandbytes wheel: 4-bit skipped"
-pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
-python -m pytest -q -p no:cacheprovider -o addopts="" tests/test_codec.py tests/test_codec_pipeline.py \
-    tests/test_quantize.py tests/test_train.py tests/test_fused.py tests/test_train_speed.py 2>&1 | tee "$out/tests.log" | tail -5
-python benchmarks/train_throughput.py --json 2>"$out/train_throughput.err" | tee "$out/train_throughput.txt" | tail -1 >"$out/train_throughput.json"
-python - <<'PY' 2>&1 | tee "$out/quantize4bit.txt"
+say() { echo "[gpu_check $((SECONDS))s] $*"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
+if ! "$py" -c "import zstandard, tensorly" 2>/dev/null; then
+    say "installing the carried wheels"
+    "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/fedpeer-site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/fedpeer-site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+"$py" -c "import sys, torch, transformers, peft; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'transformers', transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" \
+    | tee -a "$out/gpu.txt"
+
+say "1. tests"
+timeout 150 "$py" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_codec.py tests/test_codec_pipeline.py \
+    tests/test_quantize.py tests/test_train.py tests/test_fused.py tests/test_train_speed.py \
+    tests/test_medical_bench.py -rs 2>&1 | tee "$out/tests.log" | tail -8
+
+say "2. train throughput"
+# shellcheck disable=SC2086  # TT_ARGS is a list of flags
+timeout 240 "$py" benchmarks/train_throughput.py --json ${TT_ARGS:-} 2>"$out/train_throughput.err" \
+    | tee "$out/train_throughput.txt" | tail -1 >"$out/train_throughput.json"
+sed -n '/^$/,$p' "$out/train_throughput.txt" | head -n -1
+timeout 60 "$py" - <<'PY' 2>&1 | tee -a "$out/gpu.txt"
 import tempfile, torch
-from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
+from fedpeer.config import AdapterConfig, ModelConfig
+from fedpeer.errors import ModelError
 from fedpeer.model.dual_lora import load_dual_lora
 from fedpeer.model.tiny import build_tiny_model
-from fedpeer.errors import ModelError
+if not torch.cuda.is_available():
+    raise SystemExit("4bit: no CUDA here, skipped")
 d = build_tiny_model(tempfile.mkdtemp(), arch="llama", task="causal-lm", corpus=["a b c d e f g h"] * 4, hidden_size=128)
 try:
     dual = load_dual_lora(ModelConfig(path=str(d), task="causal-lm", quantize="4bit"), AdapterConfig(), torch.device("cuda"), 1)
@@ -34,3 +62,34 @@ try:
 except ModelError as e:
     print("4bit:", e)
 PY
+
+say "3. medical benchmark, one process per (task, seed)"
+data=/tmp/fedpeer-data
+med=/tmp/fedpeer-medical
+rm -rf "$med"
+mkdir -p "$data" "$med"
+for f in .gpu/data/*.jsonl.gz; do gunzip -c "$f" >"$data/$(basename "$f" .gz)"; done
+left=$((budget - SECONDS - 30))
+say "the runs get ${left}s"
+t0=$SECONDS
+for task in ${TASKS:-mtsamples abstracts}; do
+    for seed in ${SEEDS:-2 3 4 5 6}; do
+        # shellcheck disable=SC2086  # MEDICAL_ARGS is a list of flags
+        timeout "$left" "$py" benchmarks/medical.py --task "$task" --seeds 1 --first-seed "$seed" \
+            --data-dir "$data" --model .gpu/minilm --out "$med/$task-s$seed" ${MEDICAL_ARGS:-} \
+            >"$med/$task-s$seed.log" 2>&1 &
+    done
+done
+wait
+say "medical runs: $((SECONDS - t0))s of wall time"
+grep -H ": \(macro-F1\|ROUGE-L\) [0-9]" "$med"/*.log | sed "s|$med/||"
+grep -l -i "traceback\|error" "$med"/*.log | while read -r f; do echo "== $f"; tail -n 15 "$f"; done
+finished=$(find "$med" -name results.jsonl -exec cat {} + | grep -c . || true)
+say "$finished runs finished"
+mapfile -t parts < <(find "$med" -mindepth 2 -maxdepth 2 -name results.jsonl -printf '%h\n' | sort)
+"$py" benchmarks/medical.py --merge "${parts[@]}" --out "$med/merged" --json >"$out/medical.log" 2>&1
+tail -n 1 "$out/medical.log" >"$out/medical.json"
+(cd "$med" && find . \( -name results.jsonl -o -name settings.json -o -name data.json -o -name '*.log' \
+    -o -name run.json -o -name medical.md \) -print0 | tar -czf - --null -T -) >"$out/medical.tgz"
+echo "wall_s_medical $((SECONDS - t0)) finished_runs $finished" >>"$out/gpu.txt"
+say "done"

@@ -225,7 +225,9 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
     result = run_benchmark(
         medical, capsys, data, model, tmp_path / "out", "mtsamples,abstracts", methods, settings
     )
-    assert result["device"] == "cpu" and result["wall_s"] > 0
+    assert result["wall_s"] > 0
+    # every row records where it ran: the CPU here, the GPU under device=auto on a CUDA machine
+    assert {r["device"] for r in result["results"]} == {result["device"]} == {medical.device_name("auto")}
     combos = {(r["task"], r["method"], r["topology"]) for r in result["results"]}
     for task in ("mtsamples", "abstracts"):
         assert {(m, t) for k, m, t in combos if k == task} == {
@@ -272,6 +274,23 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
     assert not (tmp_path / "out" / "mtsamples-n3-a1" / "dual-ring-s0" / "node0" / "best").exists()
     assert md.count("dual-central") == 8 and "## Late joiner, abstracts (6 training examples, 20 eval)" in md
     assert (tmp_path / "out" / "mtsamples-n3-a1" / "report" / "report.md").exists()
+
+    # --merge of the --out directory pools what finished: the same rows and comparisons. Rows written
+    # before runs recorded their device were CPU runs.
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("settings.json", "data.json"):
+        (old / name).write_text((tmp_path / "out" / name).read_text())
+    rows = [{k: v for k, v in r.items() if k != "device"} for r in result["results"]]
+    (old / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for part, device in ((tmp_path / "out", result["device"]), (old, "cpu")):
+        medical.main(["--merge", str(part), "--json"])
+        merged = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert merged["device"] == device
+        assert [r["mean_score"] for r in merged["results"]] == [r["mean_score"] for r in result["results"]]
+        assert {(p["task"], p["method"], p["comparison"], p["mean"]) for p in merged["paired"]} == {
+            (p["task"], p["method"], p["comparison"], p["mean"]) for p in result["paired"]
+        }
 
 
 def impression_rows(per_specialty: int = 24) -> list[dict]:
