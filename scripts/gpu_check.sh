@@ -15,6 +15,8 @@
 # stopped at that point; the runs that finished are still merged. Results land in $OUT (or ./gpu-out):
 # gpu.txt (with the 4-bit test), tests.log, train_throughput.{txt,err,json}, medical.{log,json,tgz}: 8
 # files, the most a device call brings back.
+# Seen on an H200 (2026-11-30): 409 s in all, of which tests 141 s, throughput and 4-bit 66 s, the
+# default's seeds 2-6 84 s and seeds 7-11 84 s; the machine's start and the 57 MB carry took 30 s.
 # For a dry run on a CPU: PYTHON=.venv/bin/python TASKS=mtsamples SEEDS=2 \
 #   MEDICAL_ARGS="--quick --methods local,dual --set rounds=1 --set steps=1" TT_ARGS="--steps 1 --repeats 1"
 set -uo pipefail
