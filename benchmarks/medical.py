@@ -210,6 +210,7 @@ class Settings:
     # 1e-2 (hetero.py's) made dual runs collapse at some sites (train loss stuck, macro-F1 0.11) and
     # gave local 4 points less than 3e-3 (docs/results/medical/README.md, screening).
     lr: float = 3e-3
+    shared_lr: float = 0.0  # train.shared_lr: the shared part's rate (0: lr)
     rank: int = 8
     last_k_blocks: int = 2
     class_weights: str = "balanced"
@@ -219,6 +220,7 @@ class Settings:
     dual_head: str = _ADAPTER.head  # adapter.head of dual: local, global or split (shared + private)
     schedule: str = "joint"  # train.schedule
     proximal: float = 0.0  # train.proximal (Ditto-style decay of the private part towards the shared model)
+    prior: float = 0.0  # train.prior: weight of the site's label prior added to the logits it predicts by
     # train.keep_best (eval_loss, macro_f1): each site scores its model every round on a validation
     # split of its own training data (val_fraction of it, no longer trained on) instead of the monitor
     # set, and the final scores are those of its best round. off: the last round's model.
@@ -489,11 +491,13 @@ def scenario(
             "batch_size": s.batch,
             "max_length": s.max_length,
             "lr": s.lr,
+            "shared_lr": s.shared_lr,
             "seed": seed,
             "device": s.device,
             "class_weights": s.class_weights if labels else "none",
             "schedule": s.schedule,
             "proximal": s.proximal,
+            "prior": s.prior,
             "frozen_cache_mb": s.frozen_cache_mb,
             "keep_best": s.keep_best,
             "eval_fraction": s.val_fraction,
@@ -619,8 +623,9 @@ def evaluate_sites(
 
 
 def _score(dual: DualLora, cfg: Any, data: Path) -> float:
-    """macro-F1 (classifier) or ROUGE-L of greedy continuations of every eval prompt (causal LM)."""
-    train = dataclasses.replace(cfg.train, data=str(data), eval_data=str(data), batch_size=64)
+    """macro-F1 (classifier) or ROUGE-L of greedy continuations of every eval prompt (causal LM). The
+    site's training file stays `data`: train.prior takes the site's label prior from it."""
+    train = dataclasses.replace(cfg.train, eval_data=str(data), batch_size=64)
     if cfg.model.task == "seq-cls":
         return float(LocalTrainer(dual, cfg.model, train).evaluate()["macro_f1"])
     trainer = LocalTrainer(dual, cfg.model, train, eval_generate=1_000_000)

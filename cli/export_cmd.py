@@ -76,7 +76,15 @@ def export(
             f"the checkpoint in {cfg.state_dir} was made with another model or adapter config"
         )
     dual.load_adapter_state(ck.group("adapter"))
-    path = export_peft(dual, out, adapters=adapter)
+    bias = None
+    if cfg.train.prior > 0 and cfg.model.task == "seq-cls" and adapter == "both":
+        from fedpeer.train.data import load_site_data
+        from fedpeer.train.loop import log_prior
+
+        labels = [e.label for e in load_site_data(cfg.model, cfg.train)[0]]
+        bias = cfg.train.prior * log_prior(labels, len(cfg.model.labels))
+        typer.echo(f"train.prior = {cfg.train.prior:g}: the site's label prior goes into the head's bias")
+    path = export_peft(dual, out, adapters=adapter, logit_bias=bias)
     both = "global + local adapters" if cfg.adapter.use_local else "global adapter: no local one"
     what = {"both": both, "global": "global adapter", "local": "local adapter"}[adapter]
     kept = f", the best by {ck.meta['criterion']} = {ck.meta['value']:.4f}" if best else ""

@@ -1,5 +1,5 @@
 """train.schedule: which part (shared with the mesh, or private) each step of a round updates; and
-train.proximal, the extra weight decay of the private part."""
+train.proximal, the extra weight decay of the private part; train.shared_lr, the shared part's rate."""
 
 from __future__ import annotations
 
@@ -24,10 +24,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def trainer(
-    tiny_bert_cls_dir: Path, site: Path, schedule: str, steps: int, proximal: float = 0.0, **adapter: object
+    tiny_bert_cls_dir: Path,
+    site: Path,
+    schedule: str,
+    steps: int,
+    proximal: float = 0.0,
+    shared_lr: float = 0.0,
+    **adapter: object,
 ) -> LocalTrainer:
     model_cfg = ModelConfig(path=str(tiny_bert_cls_dir), task="seq-cls", labels=DEMO_LABELS, dropout=False)
-    adapter_cfg = AdapterConfig(rank=4, alpha=8.0, head="local", **adapter)  # type: ignore[arg-type]
+    adapter_cfg = AdapterConfig(**{"rank": 4, "alpha": 8.0, "head": "local", **adapter})  # type: ignore[arg-type]
     dual = load_dual_lora(model_cfg, adapter_cfg, CPU, local_seed=1)
     train_cfg = TrainConfig(
         data=str(site / "train.jsonl"),
@@ -38,6 +44,7 @@ def trainer(
         device="cpu",
         schedule=schedule,
         proximal=proximal,
+        shared_lr=shared_lr,
     )
     return LocalTrainer(dual, model_cfg, train_cfg)
 
@@ -140,3 +147,46 @@ def test_trainer_state_loads_across_proximal_settings(
 def test_negative_proximal_is_refused() -> None:
     with pytest.raises(ConfigError, match="train.proximal"):
         dataclasses.replace(TrainConfig(data="x.jsonl"), proximal=-1.0).validate()
+
+
+def test_shared_lr_scales_the_shared_step_only(tiny_bert_cls_dir: Path, site: Path) -> None:
+    # AdamW's first step moves each weight by lr * g / (|g| + eps): at 3 x lr the shared part moves 3 x
+    # as far, and the private part exactly as at train.lr.
+    plain = trainer(tiny_bert_cls_dir, site, "joint", 1)
+    fast = trainer(tiny_bert_cls_dir, site, "joint", 1, shared_lr=3 * plain.cfg.lr)
+    start = [p.detach().clone() for p in fast.dual.shared_parameters()]
+    plain.train_round()
+    fast.train_round()
+    shared = zip(plain.dual.shared_parameters(), fast.dual.shared_parameters(), start, strict=True)
+    moved = 0.0
+    for a, b, p0 in shared:
+        torch.testing.assert_close(b.detach() - p0, 3 * (a.detach() - p0), rtol=1e-4, atol=1e-7)
+        moved += float((a.detach() - p0).abs().sum())
+    assert moved > 0  # the shared part did take a step
+    for a, b in zip(plain.dual.private_parameters(), fast.dual.private_parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_shared_lr_without_a_private_part_is_the_rate(tiny_bert_cls_dir: Path, site: Path) -> None:
+    # A site that trains only what it shares (no local adapter, head shared) trains all at shared_lr.
+    only_shared = {"use_local": False, "head": "global"}
+    a = trainer(tiny_bert_cls_dir, site, "joint", 2, shared_lr=3e-2, **only_shared)
+    assert [g["lr"] for g in a._optim.param_groups] == [3e-2]
+
+
+def test_trainer_state_loads_across_shared_lr_settings(tiny_bert_cls_dir: Path, site: Path) -> None:
+    # A restart may change the shared part's rate: the moments carry over, the config's rates win.
+    a = trainer(tiny_bert_cls_dir, site, "joint", 2)
+    a.train_round()
+    b = trainer(tiny_bert_cls_dir, site, "joint", 2, shared_lr=3e-2)
+    b.dual.load_adapter_state(a.dual.adapter_state())
+    b.load_state(a.state_tensors(), a.state_meta())
+    assert [g["lr"] for g in b._optim.param_groups] == [3e-2, 1e-2]
+    for p, q in zip(a.dual.trainable_parameters(), b.dual.trainable_parameters(), strict=True):
+        assert torch.equal(a._optim.state[p]["exp_avg"], b._optim.state[q]["exp_avg"])
+    b.train_round()
+
+
+def test_negative_shared_lr_is_refused() -> None:
+    with pytest.raises(ConfigError, match="train.shared_lr"):
+        dataclasses.replace(TrainConfig(data="x.jsonl"), shared_lr=-1.0).validate()

@@ -205,6 +205,14 @@ class TrainConfig:
     )
     batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step."})
     lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate."})
+    shared_lr: float = field(
+        default=0.0,
+        metadata={
+            "help": "AdamW learning rate of the shared part (global adapter, shared head): what the mesh "
+            "averages. Averaging neighbours' updates under label skew shortens the step, so the shared "
+            "part may want a larger rate than the private one (docs/results/medical). 0: train.lr."
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     proximal: float = field(
         default=0.0,
@@ -247,6 +255,18 @@ class TrainConfig:
             "help": "seq-cls loss weights. none: plain cross-entropy. balanced: each class the site has "
             "weighs n / (classes present * n_class), so a skewed site does not settle on its majority "
             "class (what macro-F1 punishes). Computed from the site's own training labels only."
+        },
+    )
+    prior: float = field(
+        default=0.0,
+        metadata={
+            "help": "seq-cls: when the site predicts (evaluation, keep_best, `fedpeer export`), add "
+            "prior * log p_site(class) to the logits, p_site being the class shares of the site's own "
+            "training labels (+0.5 smoothing; the counts never leave the site). Training is unchanged. "
+            "With balanced class weights a model predicts as if every class were equally likely; this "
+            "puts the site's own mix back, which helps a model trained on other sites' data (a mesh's "
+            "shared model, a pooled one) and not one trained on the site's own (docs/results/medical). "
+            "0: off; 1: the site's full prior."
         },
     )
     schedule: str = field(
@@ -320,7 +340,9 @@ class TrainConfig:
         require(self.steps_per_round >= 0, "train.steps_per_round", "must be >= 0")
         require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         require(self.lr >= 0, "train.lr", "must be >= 0")
+        require(self.shared_lr >= 0, "train.shared_lr", "must be >= 0 (0 = train.lr)")
         require(self.proximal >= 0, "train.proximal", "must be >= 0 (0 = off)")
+        require(self.prior >= 0, "train.prior", "must be >= 0 (0 = off)")
         require(
             self.keep_best in KEEP_BEST,
             "train.keep_best",

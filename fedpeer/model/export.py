@@ -46,14 +46,20 @@ _WHAT_GLOBAL = "It holds the site's global adapter (learned with the mesh)."
 _WHAT_LOCAL = "It holds the site's local adapter alone (this site only, without the mesh's)."
 
 
-def export_peft(dual: DualLora, out_dir: str | Path, adapters: str = "both") -> Path:
+def export_peft(
+    dual: DualLora, out_dir: str | Path, adapters: str = "both", logit_bias: torch.Tensor | None = None
+) -> Path:
     """Write `adapter_config.json`, `adapter_model.safetensors` and README.md into `out_dir`.
 
     adapters: "both" (global + local summed, or global alone when the site has no local adapter),
     "global" (the mesh's adapter alone) or "local" (the private one alone). The seq-cls head goes
     with both and local; with global only when it is shared with the mesh (adapter.head = "global").
+    logit_bias (seq-cls, adapters "both": the site's own model): added to the head's bias, e.g. the
+    site's label prior of train.prior, so that the exported model predicts as the site does.
     """
     names, head = _pick(dual, adapters)
+    if logit_bias is not None and (adapters != "both" or head is None):
+        raise ModelError("a logit bias (train.prior) goes only into the site's own classifier: adapters both")
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +78,11 @@ def export_peft(dual: DualLora, out_dir: str | Path, adapters: str = "both") -> 
     config.save_pretrained(str(out))
     parts = ("shared",) if adapters == "global" else ("shared", "private")
     tensors = _combined_tensors(state, names, head, parts)
+    if logit_bias is not None:
+        key = f"{_PREFIX}{head}.bias"
+        if key not in tensors:
+            raise ModelError(f"the classification head {head!r} has no bias to carry the site's label prior")
+        tensors[key] = tensors[key] + logit_bias.to(tensors[key])
     save_file(tensors, str(out / _ADAPTER_FILE), metadata={"format": "pt"})
     what = _WHAT_DUAL if n == 2 else _WHAT_LOCAL if names == [LOCAL] else _WHAT_GLOBAL
     (out / "README.md").write_text(_readme(dual, config.r, out, what, head))

@@ -40,7 +40,7 @@ from fedpeer.train.data import (
 from fedpeer.train.metrics import macro_f1, rouge_l
 from fedpeer.train.prefix_cache import PrefixCache, shared_store
 
-__all__ = ["EVAL_GENERATE", "BatchOrder", "LocalTrainer", "balanced_class_weights", "macro_f1"]
+__all__ = ["EVAL_GENERATE", "BatchOrder", "LocalTrainer", "balanced_class_weights", "log_prior", "macro_f1"]
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +123,29 @@ class LocalTrainer:
         self._train_model = _compiled(dual, train_cfg, self.prefix_cache)
         self._head, self._head_slot = _plain_head(dual.model, self.task, self._train_model)
         self._class_weight: torch.Tensor | None = None
-        if self.task == "seq-cls" and train_cfg.class_weights == "balanced":
+        self._logit_prior: torch.Tensor | None = None  # train.prior: added to the logits when predicting
+        if self.task == "seq-cls":
             labels = [e.label for e in self.train_examples]
-            self._class_weight = balanced_class_weights(labels, len(model_cfg.labels)).to(dual.device)
+            if train_cfg.class_weights == "balanced":
+                self._class_weight = balanced_class_weights(labels, len(model_cfg.labels)).to(dual.device)
+            if train_cfg.prior > 0:
+                prior = train_cfg.prior * log_prior(labels, len(model_cfg.labels))
+                self._logit_prior = prior.to(dual.device)
         self.rounds = 0
         self.steps = 0
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        """One group, or with train.proximal the private part in a group of its own with that much more
-        weight decay. Either way the parameters keep `trainable_parameters` order (shared, then
-        private), so optimizer state is indexed alike and checkpoints load across the two layouts."""
-        if self.cfg.proximal == 0 or not self._private:
+        """One group, or the shared part and the private part in groups of their own: the shared one at
+        train.shared_lr, the private one with train.proximal's extra weight decay. Either way the
+        parameters keep `trainable_parameters` order (shared, then private), so optimizer state is
+        indexed alike and checkpoints load across the layouts."""
+        shared_lr = self.cfg.shared_lr or self.cfg.lr
+        if not self._private:
+            return [{"params": self._params, "lr": shared_lr}]
+        if self.cfg.proximal == 0 and shared_lr == self.cfg.lr:
             return [{"params": self._params}]
         return [
-            {"params": self._shared},
+            {"params": self._shared, "lr": shared_lr},
             {"params": self._private, "weight_decay": self.cfg.weight_decay + self.cfg.proximal},
         ]
 
@@ -278,6 +287,8 @@ class LocalTrainer:
                     continue
                 labels = batch.pop("labels")
                 logits = self._forward(model, examples, batch).logits.float()
+                if self._logit_prior is not None:
+                    logits = logits + self._logit_prior
                 batch_loss, batch_count = _loss_sum(logits, labels, self.task)
                 loss_sum, count = loss_sum + batch_loss, count + batch_count
                 if self.task == "seq-cls":
@@ -556,6 +567,19 @@ def balanced_class_weights(labels: Sequence[int | None], num_labels: int) -> tor
     weights = torch.zeros(num_labels, dtype=torch.float64)
     weights[present] = counts.sum() / (int(present.sum()) * counts[present])
     return weights.float()
+
+
+def log_prior(labels: Sequence[int | None], num_labels: int) -> torch.Tensor:
+    """log of each class's share of the labels, with 0.5 added to every count (train.prior).
+
+    A class the site has never seen keeps a finite, low log prior: the site can still predict it when
+    the model is sure enough.
+    """
+    counts = torch.bincount(
+        torch.tensor([int(y) for y in labels if y is not None], dtype=torch.long), minlength=num_labels
+    ).double()
+    counts = counts + 0.5
+    return (counts / counts.sum()).log().float()
 
 
 def _loss_sum(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[float, int]:

@@ -1,0 +1,142 @@
+"""train.prior: the site's own label prior added to a classifier's logits when the site predicts
+(evaluation, and the model `fedpeer export` writes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fedpeer_cli.main import app
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+from typer.testing import CliRunner
+
+from fedpeer import checkpoint
+from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig, dump_toml, load_node_config
+from fedpeer.datasets.synth import DEMO_LABELS
+from fedpeer.errors import ConfigError, ModelError
+from fedpeer.model import export_peft, load_dual_lora
+from fedpeer.train import LocalTrainer, macro_f1
+from fedpeer.train.loop import log_prior
+
+CPU = torch.device("cpu")
+TEXTS = ["small left pleural effusion .", "no acute cardiopulmonary process", "hx fever", "clear lungs"]
+
+
+def write_site(d: Path) -> Path:
+    """Training labels 6 x class 0, 2 x class 1 and none of the others; eval labels of every class."""
+    d.mkdir(parents=True, exist_ok=True)
+    train = [DEMO_LABELS[0]] * 6 + [DEMO_LABELS[1]] * 2
+    rows = [{"text": TEXTS[i % len(TEXTS)], "label": y} for i, y in enumerate(train)]
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ev = [{"text": TEXTS[i % len(TEXTS)], "label": y} for i, y in enumerate(DEMO_LABELS * 2)]
+    (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ev))
+    return d
+
+
+def site_model(tiny_bert_cls_dir: Path):
+    dual = load_dual_lora(
+        ModelConfig(path=str(tiny_bert_cls_dir), task="seq-cls", labels=DEMO_LABELS, dropout=False),
+        AdapterConfig(rank=4, alpha=8.0, head="split"),
+        CPU,
+        local_seed=1,
+    )
+    torch.manual_seed(0)
+    dual.set_global_state({k: torch.randn_like(v) * 0.1 for k, v in dual.global_state().items()})
+    dual.set_local_state({k: torch.randn_like(v) * 0.1 for k, v in dual.local_state().items()})
+    return dual
+
+
+def test_log_prior_is_the_smoothed_share_of_each_class() -> None:
+    got = log_prior([0, 0, 0, 1], 3)
+    torch.testing.assert_close(got, torch.tensor([3.5, 1.5, 0.5]).div(5.5).log())
+
+
+@pytest.mark.parametrize("prior", [0.7, 1.0])
+def test_evaluation_adds_the_site_prior_to_the_logits(
+    tiny_bert_cls_dir: Path, tmp_path: Path, prior: float
+) -> None:
+    site = write_site(tmp_path / "site")
+    dual = site_model(tiny_bert_cls_dir)
+    model_cfg = ModelConfig(path=str(tiny_bert_cls_dir), task="seq-cls", labels=DEMO_LABELS, dropout=False)
+    cfg = TrainConfig(data=str(site / "train.jsonl"), eval_data=str(site / "eval.jsonl"), device="cpu")
+    plain = LocalTrainer(dual, model_cfg, cfg)
+    shifted = LocalTrainer(dual, model_cfg, dataclasses.replace(cfg, prior=prior))
+
+    # The reference: the model's own logits on the eval set, plus prior * log((count + 0.5) / total).
+    dual.model.eval()
+    batch = plain._batch(plain.eval_examples)
+    truth = batch.pop("labels")
+    with torch.no_grad():
+        logits = dual.model(**batch).logits.float()
+    counts = torch.tensor([6.0, 2.0] + [0.0] * (len(DEMO_LABELS) - 2)) + 0.5
+    adjusted = logits + prior * (counts / counts.sum()).log()
+    got = shifted.evaluate()
+    assert got["eval_loss"] == pytest.approx(float(F.cross_entropy(adjusted, truth)), rel=1e-5)
+    assert got["macro_f1"] == pytest.approx(macro_f1(truth.tolist(), adjusted.argmax(-1).tolist()))
+    assert plain.evaluate()["eval_loss"] == pytest.approx(float(F.cross_entropy(logits, truth)), rel=1e-5)
+
+
+def test_a_strong_prior_predicts_the_site_majority(tiny_bert_cls_dir: Path, tmp_path: Path) -> None:
+    site = write_site(tmp_path / "site")
+    model_cfg = ModelConfig(path=str(tiny_bert_cls_dir), task="seq-cls", labels=DEMO_LABELS, dropout=False)
+    cfg = TrainConfig(
+        data=str(site / "train.jsonl"), eval_data=str(site / "eval.jsonl"), device="cpu", prior=100.0
+    )
+    got = LocalTrainer(site_model(tiny_bert_cls_dir), model_cfg, cfg).evaluate()
+    # Every prediction is class 0, which is 2 of the 2 * len(DEMO_LABELS) eval labels.
+    assert got["accuracy"] == pytest.approx(1 / len(DEMO_LABELS))
+
+
+def test_negative_prior_is_refused() -> None:
+    with pytest.raises(ConfigError, match="train.prior"):
+        dataclasses.replace(TrainConfig(data="x.jsonl"), prior=-0.5).validate()
+
+
+def test_export_carries_the_prior_in_the_head_bias(tiny_bert_cls_dir: Path, tmp_path: Path) -> None:
+    site = write_site(tmp_path)
+    config = tmp_path / "node.toml"
+    config.write_text(
+        dump_toml(
+            {
+                "node_id": "site-a",
+                "state_dir": str(tmp_path / "state"),
+                "model": {"path": str(tiny_bert_cls_dir), "task": "seq-cls", "labels": list(DEMO_LABELS)},
+                "adapter": {"rank": 4, "alpha": 8.0, "head": "split"},
+                "train": {"data": str(site / "train.jsonl"), "device": "cpu", "prior": 0.5},
+            }
+        )
+    )
+    cfg = load_node_config(config)
+    dual = load_dual_lora(cfg.model, cfg.adapter, CPU, local_seed=5)
+    torch.manual_seed(0)
+    dual.set_global_state({k: torch.randn_like(v) * 0.1 for k, v in dual.global_state().items()})
+    dual.set_local_state({k: torch.randn_like(v) * 0.1 for k, v in dual.local_state().items()})
+    meta = {"round": 3, "fingerprint": dual.fingerprint()}
+    checkpoint.save(cfg.state_dir, checkpoint.flatten({"adapter": dual.adapter_state()}), meta)
+
+    r = CliRunner().invoke(app, ["export", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "label prior goes into the head's bias" in r.stdout
+    loaded = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(tiny_bert_cls_dir), str(tmp_path / "out")
+    ).eval()
+    dual.model.eval()
+    batch = dict(dual.tokenizer(TEXTS, padding=True, return_tensors="pt", return_token_type_ids=False))
+    with torch.no_grad():
+        expected, got = dual.model(**batch).logits, loaded(**batch).logits
+    # The site's training labels: 6 x class 0, 2 x class 1 (the held-out share of train.data excluded).
+    labels = [e.label for e in LocalTrainer(dual, cfg.model, cfg.train).train_examples]
+    torch.testing.assert_close(
+        got, expected + 0.5 * log_prior(labels, len(DEMO_LABELS)), rtol=1e-5, atol=1e-5
+    )
+    assert not math.isclose(float(log_prior(labels, len(DEMO_LABELS)).std()), 0.0)
+
+    # The mesh's adapter alone carries no site's prior.
+    with pytest.raises(ModelError, match="site's own classifier"):
+        export_peft(dual, tmp_path / "g", adapters="global", logit_bias=torch.zeros(len(DEMO_LABELS)))
