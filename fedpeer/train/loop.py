@@ -560,9 +560,7 @@ def balanced_class_weights(labels: Sequence[int | None], num_labels: int) -> tor
 
     Each present class then carries the same total weight in the loss, whatever its frequency.
     """
-    counts = torch.bincount(
-        torch.tensor([int(y) for y in labels if y is not None], dtype=torch.long), minlength=num_labels
-    ).double()
+    counts = _label_counts(labels, num_labels)
     present = counts > 0
     weights = torch.zeros(num_labels, dtype=torch.float64)
     weights[present] = counts.sum() / (int(present.sum()) * counts[present])
@@ -575,11 +573,15 @@ def log_prior(labels: Sequence[int | None], num_labels: int) -> torch.Tensor:
     A class the site has never seen keeps a finite, low log prior: the site can still predict it when
     the model is sure enough.
     """
-    counts = torch.bincount(
+    counts = _label_counts(labels, num_labels) + 0.5
+    return (counts / counts.sum()).log().float()
+
+
+def _label_counts(labels: Sequence[int | None], num_labels: int) -> torch.Tensor:
+    """float64 count of each class in the labels (None: an example without one)."""
+    return torch.bincount(
         torch.tensor([int(y) for y in labels if y is not None], dtype=torch.long), minlength=num_labels
     ).double()
-    counts = counts + 0.5
-    return (counts / counts.sum()).log().float()
 
 
 def _loss_sum(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[float, int]:
