@@ -34,8 +34,10 @@ Methods, same sites and seeds, in-process fedpeer nodes (LoRA on the last k bloc
 Options of the same code path: fedrep (FedRep-style: shared adapter, private head) and any mesh
 method with suffix -a (FedSA-LoRA: A_g trained and shared, B_g trained and kept private,
 `adapter.share = "a"`) or -ab (A_g and B_g both trained and shared, e.g. dual-ab). --set schedule=...
-(train.schedule: joint, alternate, global-first), local_rank, gamma, lr, rounds, steps, last_k_blocks,
-weighting try the other design choices on the same sites and seeds.
+(train.schedule: joint, alternate, global-first), local_rank, gamma, lr, shared_lr, rounds, steps,
+last_k_blocks, weighting try the other design choices on the same sites and seeds. prior=τ (train.prior)
+scores each site's model with its own label prior (τ times its log) added to the logits, e.g.
+global+prior=0.5 or central+prior=1.0: a model trained on others' data, adapted to the site's mix.
 
 Statistics: per run the mean over sites; per method mean +- std over seeds; paired differences
 dual - best(local, global) (the baseline with the higher mean over all sites x seeds) and dual -
