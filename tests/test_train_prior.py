@@ -98,6 +98,22 @@ def test_negative_prior_is_refused() -> None:
         dataclasses.replace(TrainConfig(data="x.jsonl"), prior=-0.5).validate()
 
 
+def test_a_causal_lm_site_cannot_set_a_class_prior(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        dump_toml(
+            {
+                "node_id": "site-a",
+                "state_dir": str(tmp_path / "state"),
+                "model": {"path": str(tiny_llama_dir), "task": "causal-lm"},
+                "train": {"data": "train.jsonl", "prior": 1.0},
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match='train.prior is a class prior: it needs model.task = "seq-cls"'):
+        load_node_config(config)
+
+
 def test_export_carries_the_prior_in_the_head_bias(tiny_bert_cls_dir: Path, tmp_path: Path) -> None:
     site = write_site(tmp_path)
     config = tmp_path / "node.toml"

@@ -206,6 +206,11 @@ class NodeConfig:
             "train.keep_best",
             'macro_f1 needs model.task = "seq-cls"; a causal-lm site keeps its best model by eval_loss',
         )
+        require(
+            self.train.prior == 0 or self.model.task == "seq-cls",
+            "train.prior",
+            'is a class prior: it needs model.task = "seq-cls" (set it to 0 for a causal LM)',
+        )
         for i, link in enumerate(self.links):
             link.validate(f"links[{i}]")
             require(

@@ -210,7 +210,9 @@ class TrainConfig:
         metadata={
             "help": "AdamW learning rate of the shared part (global adapter, shared head): what the mesh "
             "averages. Averaging neighbours' updates under label skew shortens the step, so the shared "
-            "part may want a larger rate than the private one (docs/results/medical). 0: train.lr."
+            "part may want a larger rate than the private one. Measured on real medical text "
+            "(docs/results/medical): 4 x the rate lifted a global-only mesh's model, and gave dual no "
+            "gain. 0: train.lr."
         },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
@@ -264,8 +266,9 @@ class TrainConfig:
             "prior * log p_site(class) to the logits, p_site being the class shares of the site's own "
             "training labels (+0.5 smoothing; the counts never leave the site). Training is unchanged. "
             "With balanced class weights a model predicts as if every class were equally likely; this "
-            "puts the site's own mix back, which helps a model trained on other sites' data (a mesh's "
-            "shared model, a pooled one) and not one trained on the site's own (docs/results/medical). "
+            "puts the site's own mix back. Measured on real medical text (docs/results/medical): it "
+            "lifts a model trained on other sites' data (a pooled one, a global-only mesh's) and lowers "
+            "one whose private part learnt the site's own (local-only, dual: leave it at 0 there). "
             "0: off; 1: the site's full prior."
         },
     )
