@@ -77,7 +77,7 @@ def export(
         )
     dual.load_adapter_state(ck.group("adapter"))
     bias = None
-    if cfg.train.prior > 0 and cfg.model.task == "seq-cls" and adapter == "both":
+    if cfg.train.prior > 0 and adapter == "both":  # the config allows a prior on a classifier only
         from fedpeer.train.data import load_site_data
         from fedpeer.train.loop import log_prior
 
