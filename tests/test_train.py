@@ -378,13 +378,13 @@ def test_balanced_class_weights() -> None:
     assert float(w[torch.tensor([0, 0, 0, 1])].sum()) == pytest.approx(4.0)  # classes weigh the same in total
 
 
-def test_balanced_loss_is_the_weighted_cross_entropy(setup: tuple) -> None:
+def test_class_weights_loss_is_its_cross_entropy(setup: tuple) -> None:
     model_cfg, _, train_cfg = setup
     if model_cfg.task != "seq-cls":
         pytest.skip("class weights apply to seq-cls")
     n = len(read_jsonl(train_cfg.data, "seq-cls", model_cfg.labels))
     losses = {}
-    for mode in ("none", "balanced"):
+    for mode in ("none", "balanced", "logit-adjusted"):
         t = trainer(setup, lr=0.0, steps_per_round=1, batch_size=n, class_weights=mode)
         for m in t.dual.model.modules():  # no dropout: the step's loss is then a plain function of the data
             if isinstance(m, torch.nn.Dropout):
@@ -397,10 +397,14 @@ def test_balanced_loss_is_the_weighted_cross_entropy(setup: tuple) -> None:
         labels = batch.pop("labels")
         with torch.no_grad():
             logits = t.dual.model(**batch).logits.float()
+        counts = torch.bincount(labels, minlength=len(model_cfg.labels)).float() + 0.5
+        if mode == "logit-adjusted":  # balanced softmax: the site's log prior added inside the loss
+            logits = logits + (counts / counts.sum()).log()
         weight = balanced_class_weights([e.label for e in t.train_examples], len(model_cfg.labels))
         expected = F.cross_entropy(logits, labels, weight=weight if mode == "balanced" else None)
         assert losses[mode] == pytest.approx(float(expected), rel=1e-5)
     assert abs(losses["none"] - losses["balanced"]) > 0.01, losses
+    assert abs(losses["none"] - losses["logit-adjusted"]) > 0.01, losses
 
 
 def test_unknown_class_weights_is_refused() -> None:

@@ -123,11 +123,14 @@ class LocalTrainer:
         self._train_model = _compiled(dual, train_cfg, self.prefix_cache)
         self._head, self._head_slot = _plain_head(dual.model, self.task, self._train_model)
         self._class_weight: torch.Tensor | None = None
+        self._loss_prior: torch.Tensor | None = None  # class_weights logit-adjusted: added in the loss
         self._logit_prior: torch.Tensor | None = None  # train.prior: added to the logits when predicting
         if self.task == "seq-cls":
             labels = [e.label for e in self.train_examples]
             if train_cfg.class_weights == "balanced":
                 self._class_weight = balanced_class_weights(labels, len(model_cfg.labels)).to(dual.device)
+            elif train_cfg.class_weights == "logit-adjusted":
+                self._loss_prior = log_prior(labels, len(model_cfg.labels)).to(dual.device)
             if train_cfg.prior > 0:
                 prior = train_cfg.prior * log_prior(labels, len(model_cfg.labels))
                 self._logit_prior = prior.to(dual.device)
@@ -221,10 +224,12 @@ class LocalTrainer:
         small LM (SmolLM2-135M: a 49k x 576 matrix against 4 M weights per block)."""
         if self.task != "seq-cls" and self._head is not None:
             return self._learned_loss(model, examples, batch)
-        if self._class_weight is None:
+        if self._class_weight is None and self._loss_prior is None:
             return self._forward(model, examples, batch).loss
         labels = batch.pop("labels")
         logits = self._forward(model, examples, batch).logits.float()
+        if self._loss_prior is not None:
+            logits = logits + self._loss_prior
         return F.cross_entropy(logits, labels, weight=self._class_weight)
 
     def _learned_loss(
