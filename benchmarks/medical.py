@@ -603,8 +603,9 @@ def evaluate_sites(
     prepared: PreparedScenario, dual: DualLora, states: dict[str, Any] | None, files: list
 ) -> tuple[dict[str, float], dict[str, float]]:
     """The score of each site's model on its own eval set and on the shared test set (states None: one
-    model for every site, scored once on the test set). Generation scores only the sites' own eval
-    sets: greedy decoding of the test set by every site would cost more than the training."""
+    model for every site, scored once on the test set). The test set is the global view: its mix is no
+    site's, so it is scored without train.prior. Generation scores only the sites' own eval sets:
+    greedy decoding of the test set by every site would cost more than the training."""
     threads = torch.get_num_threads()
     torch.set_num_threads(_cores())
     own, test = {}, {}
@@ -616,7 +617,7 @@ def evaluate_sites(
             if cfg.model.task != "seq-cls":
                 test[cfg.node_id] = float("nan")
             elif states is not None or not test:
-                test[cfg.node_id] = _score(dual, cfg, f["test"])
+                test[cfg.node_id] = _score(dual, cfg, f["test"], prior=0.0)
             else:
                 test[cfg.node_id] = next(iter(test.values()))
     finally:
@@ -624,10 +625,13 @@ def evaluate_sites(
     return own, test
 
 
-def _score(dual: DualLora, cfg: Any, data: Path) -> float:
+def _score(dual: DualLora, cfg: Any, data: Path, prior: float | None = None) -> float:
     """macro-F1 (classifier) or ROUGE-L of greedy continuations of every eval prompt (causal LM). The
-    site's training file stays `data`: train.prior takes the site's label prior from it."""
+    site's training file stays `data`: train.prior (or `prior` when given) takes the site's label prior
+    from it."""
     train = dataclasses.replace(cfg.train, eval_data=str(data), batch_size=64)
+    if prior is not None:
+        train = dataclasses.replace(train, prior=prior)
     if cfg.model.task == "seq-cls":
         return float(LocalTrainer(dual, cfg.model, train).evaluate()["macro_f1"])
     trainer = LocalTrainer(dual, cfg.model, train, eval_generate=1_000_000)

@@ -6,6 +6,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -175,6 +176,22 @@ def test_a_lossy_dual_is_paired_with_its_lossless_twin():
     }
     assert rows["pipeline-lossless"]["mean"] == pytest.approx(-0.015)
     assert rows["pipeline-lossless"]["ci95"][0] <= -0.015 <= rows["pipeline-lossless"]["ci95"][1]
+
+
+def test_the_shared_test_set_is_scored_without_the_site_prior(monkeypatch):
+    """train.prior puts a site's own label mix into its predictions; the shared test set is no site's
+    mix (the global view), so a site's model is scored there with prior 0 and on its own eval set with
+    its configured prior."""
+    medical = load_benchmark()
+    calls = []
+    monkeypatch.setattr(
+        medical, "_score", lambda dual, cfg, data, prior=None: calls.append((data, prior)) or 0.5
+    )
+    nodes = [SimpleNamespace(node_id=f"node{i}", model=SimpleNamespace(task="seq-cls")) for i in range(2)]
+    files = [{"eval": f"eval{i}", "test": "test"} for i in range(2)]
+    dual = SimpleNamespace(load_adapter_state=lambda state: None)
+    medical.evaluate_sites(SimpleNamespace(nodes=nodes), dual, {"node0": {}, "node1": {}}, files)
+    assert calls == [("eval0", None), ("test", 0.0), ("eval1", None), ("test", 0.0)]
 
 
 def test_split_is_seeded_disjoint_and_gives_each_site_its_eval_set():
