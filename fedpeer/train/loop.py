@@ -127,13 +127,13 @@ class LocalTrainer:
         self._logit_prior: torch.Tensor | None = None  # train.prior: added to the logits when predicting
         if self.task == "seq-cls":
             labels = [e.label for e in self.train_examples]
+            site_prior = log_prior(labels, len(model_cfg.labels)).to(dual.device)
             if train_cfg.class_weights == "balanced":
                 self._class_weight = balanced_class_weights(labels, len(model_cfg.labels)).to(dual.device)
             elif train_cfg.class_weights == "logit-adjusted":
-                self._loss_prior = log_prior(labels, len(model_cfg.labels)).to(dual.device)
+                self._loss_prior = site_prior
             if train_cfg.prior > 0:
-                prior = train_cfg.prior * log_prior(labels, len(model_cfg.labels))
-                self._logit_prior = prior.to(dual.device)
+                self._logit_prior = train_cfg.prior * site_prior
         self.rounds = 0
         self.steps = 0
 
