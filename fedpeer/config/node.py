@@ -197,7 +197,7 @@ class NodeConfig:
             part.validate()
         # CHOCO converges with a compressor only for a consensus step below 1.
         require(
-            self.codec.name != "pipeline" or self.gossip.gamma < 1.0,
+            not self.codec.lossy or self.gossip.gamma < 1.0,
             "gossip.gamma",
             "must be < 1 with the lossy pipeline codec (CHOCO's consensus step; 0.5 is a safe start)",
         )

@@ -620,6 +620,11 @@ class CodecConfig:
         },
     )
 
+    @property
+    def lossy(self) -> bool:
+        """The pipeline codec loses information by design (fp16 rounds only): CHOCO needs gamma < 1."""
+        return self.name == "pipeline"
+
     def validate(self) -> None:
         # The codec package owns its options and their rules (one definition, torch-free).
         validate_codec_options(dataclasses.asdict(self))

@@ -28,6 +28,7 @@ from fedpeer.config import NodeConfig
 from fedpeer.gossip import choco, dp, robust
 from fedpeer.gossip.copies import PublicCopies
 from fedpeer.gossip.sender import SenderState
+from fedpeer.gossip.watch import DistanceWatch
 from fedpeer.metrics import MetricsWriter, RoundRecord
 from fedpeer.model.dual_lora import DualLora
 from fedpeer.node import lifecycle, state
@@ -73,6 +74,7 @@ class Node:
         self.heard_any = False  # from any neighbour, in any round of this process
         self.phase = "starting"
         self.last_loss = self.last_distance = self.last_eval_loss = math.nan
+        self.distance_watch = DistanceWatch(lossy=cfg.codec.lossy, gamma=cfg.gossip.gamma)
         self.best: state.Best | None = None  # train.keep_best: the best round so far
         self.address = ""
 
@@ -131,6 +133,8 @@ class Node:
                 choco.consensus_distance(x_new, self.copies.x_hats(heard)) if heard else math.nan
             )
             self.heard_any = self.heard_any or bool(heard)
+            if warning := self.distance_watch.observe(self.last_distance):
+                log.warning("%s: %s", self.cfg.node_id, warning)
 
         self.phase = "evaluating"
         with timer.span("eval"):
