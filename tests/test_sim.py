@@ -5,6 +5,8 @@ process runner on the same scenario (every adapter to 1e-6, lr 0 and lr > 0), an
 
 from __future__ import annotations
 
+import itertools
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -13,10 +15,12 @@ from fedpeer_cli.main import app
 from typer.testing import CliRunner
 
 from fedpeer import checkpoint
+from fedpeer.gossip.watch import GROWTH_ROUNDS
 from fedpeer.metrics import read_records
 from fedpeer.node import build_node, state
 from fedpeer.report import load_run
 from fedpeer.scenario.runner import ProcessRunner, prepare_for_processes
+from fedpeer.sim import mesh as sim_mesh
 from fedpeer.sim.mesh import SimMesh
 from fedpeer.sim.runner import SIM_FILE, prepare_for_sim, run_prepared
 from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
@@ -280,3 +284,19 @@ def test_one_peer_exponential_scenario_reaches_the_exact_average_in_log2_n_round
     assert (x0.double() - average).abs().max() > 0.05
     recs = read_records(tmp_path / "node0" / "metrics.jsonl")
     assert [r.neighbours_heard for r in recs] == [["node7"], ["node6"], ["node4"]]  # i - 2^(t-1)
+
+
+def test_the_sim_says_in_one_line_when_nodes_distances_keep_growing(tmp_path, monkeypatch):
+    """Each simulated node watches its distance as a real node does; the sim reports all in one line."""
+    growing = itertools.count(1.0)
+    monkeypatch.setattr(
+        sim_mesh, "consensus_distances", lambda x, public, edges: [next(growing)] * x.shape[0]
+    )
+    rounds = GROWTH_ROUNDS + 1
+    prepared = prepare_for_sim(spec_of(lr=0.0, gossip={"rounds": rounds}), tmp_path)
+    lines: list[str] = []
+    run_prepared(prepared, echo=lines.append)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert f"round {rounds}, 6 of 6 nodes" in warnings[0]
+    assert f"grown {GROWTH_ROUNDS} rounds in a row" in warnings[0] and "train.lr" in warnings[0]

@@ -9,6 +9,8 @@ at 2,600 bytes per link-round; docs/results/medical): at γ = 0.8 every node's d
 rounds in a row, from about 5 to 22–29, and the shared model lost 6 to 8 points of macro-F1 on the
 common test set (seeds 0–1); at γ = 0.5 (seeds 0–11, 48 node-runs), and with the lossless codec at
 γ = 1, no node's distance grew more than 5 rounds in a row.
+
+A node logs the warning (`Node.run_round`); the sim runner prints one line a round for all its nodes.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ import torch
 
 from fedpeer.config import NodeConfig
 from fedpeer.errors import ConfigError
+from fedpeer.gossip.watch import DistanceWatch
 from fedpeer.metrics import RoundRecord
 from fedpeer.model.dual_lora import DualLora
 from fedpeer.scenario.spec import PreparedScenario
@@ -155,6 +156,9 @@ class SimMesh:
         self.last_eval_loss = [math.nan] * n
         self.train_sizes = [s for part in self.blocks.call("train_sizes", self._no_args()) for s in part]
         self._fixed_edges: Edges | None = None
+        # Each node watches its consensus distance as a real node does (CHOCO diverging at too large
+        # a gamma); the sim says it in one line for all nodes of a round.
+        self.watches = [DistanceWatch(cfg.codec.lossy, cfg.gossip.gamma) for _ in self.names]
 
     def _no_args(self) -> list[tuple[Any, ...]]:
         return [()] * len(self.blocks.ranges)
@@ -242,6 +246,7 @@ class SimMesh:
         t_mix = time.perf_counter()
         distances = self._mix(edges, public)
         mix_s = (time.perf_counter() - t_mix) / n
+        self._watch(t, distances)
 
         finished = self.blocks.call(
             "finish", [(t, _within(trained, lo, hi), self.x[lo:hi]) for lo, hi in ranges]
@@ -260,6 +265,18 @@ class SimMesh:
             t, edges, sent, pis, losses, evaluations, distances, norms, train_s, eval_s, mix_s
         )
         return RoundResult(t, time.perf_counter() - t0, trained, records)
+
+    def _watch(self, t: int, distances: list[float]) -> None:
+        said = [
+            (name, w)
+            for name, watch, d in zip(self.names, self.watches, distances, strict=True)
+            if (w := watch.observe(d))
+        ]
+        if said:
+            name, warning = said[0]
+            self.echo(
+                f"warning: round {t}, {len(said)} of {len(self.names)} nodes: {warning} (figures of {name})"
+            )
 
     def _mix(self, edges: Edges, public: torch.Tensor) -> list[float]:
         """Mix every node at once; each node's consensus distance: to the public states it mixed
