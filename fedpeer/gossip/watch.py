@@ -16,7 +16,7 @@ A node logs the warning (`Node.run_round`); the sim runner prints one line a rou
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["GROWTH_ROUNDS", "DistanceWatch"]
 
@@ -32,9 +32,9 @@ class DistanceWatch:
     lossy: bool  # the node's codec loses information (CHOCO then needs gamma < 1)
     gamma: float
     rounds: int = GROWTH_ROUNDS
-    _last: float = math.nan
-    _start: float = math.nan
-    _streak: int = 0
+    _last: float = field(default=math.nan, init=False)
+    _start: float = field(default=math.nan, init=False)
+    _streak: int = field(default=0, init=False)
 
     def observe(self, distance: float) -> str | None:
         """Feed one round's distance (NaN, a round without neighbours, starts the count again).
