@@ -210,6 +210,18 @@ def test_budget_is_met_and_error_falls_as_it_grows() -> None:
     assert errors[0] > 0.5 and errors[-1] < 1e-3  # tight: most is left for later; loose: fp16
 
 
+def test_budget_between_rank_2_and_rank_4_sends_rank_3() -> None:
+    """Four full-rank 384×8 B's at 4 bits: rank 2 takes about 1.7 kB, rank 4 about 3.3 kB. A 3 kB
+    budget must buy rank 3; a ladder of halvings had no rung there and sent rank 2 (0.80 relative
+    error against 0.72)."""
+    t = _lora_update(layers=2, out=384)
+    codec = PipelineCodec(budget_bytes=3000, methods=("svd",))
+    out = _round_trip(codec, t)
+    assert codec.last_stats is not None and codec.last_stats.budget_met
+    assert codec.last_stats.groups[0].plan == "svd/3/4"
+    assert _rel(out, t) < 0.76
+
+
 def test_budget_too_small_for_anything_sends_nothing_and_says_so() -> None:
     t = _lora_update()
     codec = PipelineCodec(budget_bytes=1)

@@ -127,6 +127,12 @@ def test_rank_ladder_shrinks_to_ones_and_fits(dims: tuple[int, int, int], method
     assert sizes == sorted(sizes, reverse=True)
 
 
+def test_rank_ladder_steps_by_about_sqrt_2() -> None:
+    # A LoRA factor's side is its rank r; halving alone would skip rank 3 (and 6, 12) of r = 8, 16.
+    assert rank_ladder("svd", (4, 384, 8)) == [(6,), (4,), (3,), (2,), (1,)]
+    assert rank_ladder("svd", (4, 4096, 16)) == [(12,), (8,), (6,), (4,), (3,), (2,), (1,)]
+
+
 def test_tucker_ranks_are_clipped_to_the_core() -> None:
     r = ranks_for("tucker", 0.5, (12, 384, 8))
     assert r == (6, 24, 4)  # mode 1: ceil(0.5 * 96) = 48 clipped to 6 * 4

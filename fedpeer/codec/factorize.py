@@ -149,16 +149,19 @@ def ranks_for(method: str, fraction: float, dims: tuple[int, int, int]) -> tuple
 
 
 def rank_ladder(method: str, dims: tuple[int, int, int]) -> list[tuple[int, ...]]:
-    """Distinct ranks at fractions 1/2, 1/4, 1/8, ... down to all-ones (budget mode's menu)."""
+    """Distinct ranks at fractions 2^(-1/2), 1/2, 2^(-3/2), 1/4, ... down to all-ones (budget mode's
+    menu). Steps of sqrt(2), not 2: on LoRA factors (a side of r = 8) halving jumps from rank 2 to 4,
+    and the budget then fell between them (a 2,600-byte budget sent rank 2 at 0.71 relative error
+    where rank 3 fit at 0.58)."""
     out: list[tuple[int, ...]] = []
-    fraction = 0.5
+    k = 1
     while True:
-        ranks = ranks_for(method, fraction, dims)
+        ranks = ranks_for(method, 2.0 ** (-k / 2), dims)
         if ranks not in out:
             out.append(ranks)
         if all(r == 1 for r in ranks):
             return out
-        fraction /= 2
+        k += 1
 
 
 def numel_of(shapes: Sequence[tuple[int, ...]]) -> int:

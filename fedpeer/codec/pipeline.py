@@ -55,6 +55,10 @@ from fedpeer.tensors import Manifest, State, StateView, TensorSpec, manifest_of
 
 __all__ = ["PipelineCodec"]
 
+# Budget mode's search for the largest raw budget that still fits after zstd: at most this many
+# trials (each an allocation, a layout and a zstd pass over a few kB), to this many bytes.
+_FILL_STEPS, _FILL_RESOLUTION = 10, 8
+
 
 @register
 class PipelineCodec(Codec):
@@ -140,26 +144,40 @@ class PipelineCodec(Codec):
         return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + self._calls)
 
     def _fit_budget(self, menus: Sequence[Sequence[Option]]) -> tuple[list[Option], bytes, bool]:
-        """1. Allocate the raw (pre-zstd) budget, which is sure to fit after zstd. 2. zstd usually
-        shrinks the layout (int4 codes, fp16 exponents): allocate again with the raw budget grown by
-        the ratio it achieved, and keep that while the payload still fits (at most twice)."""
+        """The picks of least total error whose zstd payload fits `budget_bytes`.
+
+        1. Allocate the raw (pre-zstd) budget, which is sure to fit after zstd.
+        2. zstd usually shrinks the layout (int4 codes, fp16 exponents), so a larger raw budget may
+           fit too: bisect the raw budget between that one and 1.25 times what the achieved ratio
+           allows, keeping the fitting picks of least error (the payload's size is not monotone in
+           the raw budget, so every trial is checked, none assumed).
+        """
         costs = [[(o.nbytes, o.sq_error) for o in m] for m in menus]
-        budget = raw_budget(self.budget_bytes)
-        picks, met = allocate(costs, budget)
-        chosen = [m[p] for m, p in zip(menus, picks, strict=True)]
-        payload = zstd_compress(serialize(chosen), self.zstd_level)
-        for _ in range(2):
-            raw = sum(o.nbytes for o in chosen)
-            if not met or raw == 0 or len(payload) >= 0.98 * self.budget_bytes:
+        lo = raw_budget(self.budget_bytes)
+        picks, met = allocate(costs, lo)
+        chosen, payload, error = self._trial(menus, picks)
+        raw = sum(o.nbytes for o in chosen)
+        if not met or raw == 0 or len(payload) >= 0.99 * self.budget_bytes:
+            return chosen, payload, met
+        hi = max(lo + 1, int(1.25 * lo * raw / len(payload)))
+        for _ in range(_FILL_STEPS):
+            if hi - lo <= _FILL_RESOLUTION:
                 break
-            budget = max(budget + 1, int(budget * raw / len(payload)))
-            picks, _ = allocate(costs, budget)
-            trial = [m[p] for m, p in zip(menus, picks, strict=True)]
-            trial_payload = zstd_compress(serialize(trial), self.zstd_level)
+            mid = (lo + hi) // 2
+            trial, trial_payload, trial_error = self._trial(menus, allocate(costs, mid)[0])
             if len(trial_payload) > self.budget_bytes:
-                break
-            chosen, payload = trial, trial_payload
+                hi = mid
+                continue
+            lo = mid
+            if trial_error < error:
+                chosen, payload, error = trial, trial_payload, trial_error
         return chosen, payload, met
+
+    def _trial(
+        self, menus: Sequence[Sequence[Option]], picks: Sequence[int]
+    ) -> tuple[list[Option], bytes, float]:
+        chosen = [m[p] for m, p in zip(menus, picks, strict=True)]
+        return chosen, zstd_compress(serialize(chosen), self.zstd_level), sum(o.sq_error for o in chosen)
 
     # ------------------------------------------------------------------------------------ decode
     def decode(
