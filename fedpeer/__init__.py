@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 # Bumped on any incompatible change of proto/ or of the meaning of a frame.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2

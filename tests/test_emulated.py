@@ -26,7 +26,7 @@ def frame(rnd: int, sender: str = "a", payload: bytes = b"x" * 100) -> Frame:
         seq=rnd,
         codec="lossless",
         codec_params={},
-        manifest=(),
+        manifest_digest=b"",
         payload=payload,
         raw_bytes=len(payload),
     )

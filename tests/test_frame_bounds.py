@@ -2,17 +2,18 @@
 from their header before their payload is read, and a refused frame changes no state (no round jump
 from a frame's claim: only from what the neighbour itself confirms)."""
 
+import dataclasses
 import threading
 
 import pytest
 import torch
 
-from fedpeer.codec import get_codec
+from fedpeer.codec import DecodeLimits, get_codec
 from fedpeer.errors import FrameRejected
 from fedpeer.metrics import read_metrics
 from fedpeer.node import Node
 from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
-from fedpeer.wire.frames import FrameKind, encode_frame, payload_bound
+from fedpeer.wire.frames import FrameKind, decode_frame, encode_frame, payload_bound
 from tests.meshutil import make_nodes, prepared_memory, run_threads, tiny_spec
 
 
@@ -43,6 +44,34 @@ def test_headers_are_judged_before_the_payload(pair):
     with pytest.raises(FrameRejected, match="the most an update of this model can need"):
         a.service.check_header(ok, 256 << 20)
     assert a.payload_bound == payload_bound(a.specs) < 4 << 20
+
+
+def test_a_frame_of_other_tensors_is_refused_from_its_manifest_digest(pair):
+    """The header carries the digest of the sender's manifest, not the manifest: a frame of tensors
+    that differ in one name, one shape or their order is refused before its payload is read, and
+    a sender of protocol v1 (no digest) is told to upgrade."""
+    _, (a, _) = pair
+    state = a.dual.global_state()
+    first, *rest = state
+    variants = {
+        "renamed": {**{f"{first}.x": state[first]}, **{k: state[k] for k in rest}},
+        "reshaped": {**state, first: torch.zeros(state[first].numel())},
+        "reordered": {k: state[k] for k in [*rest, first]},
+    }
+    for tensors in variants.values():
+        frame = encode_frame(
+            tensors, get_codec("lossless"), sender="node1", epoch="x", kind=FrameKind.UPDATE, round=1, seq=1
+        )
+        with pytest.raises(FrameRejected, match="are not this model's global adapter"):
+            a.service.check_header(frame, len(frame.payload))
+        with pytest.raises(FrameRejected, match="are not this model's global adapter"):
+            decode_frame(frame, a.specs, DecodeLimits(), ["lossless"])
+    v1 = dataclasses.replace(spoof(a, "node1", round=1), manifest_digest=b"")
+    with pytest.raises(FrameRejected, match="protocol v1"):
+        a.service.check_header(v1, len(v1.payload))
+    ok = spoof(a, "node1", round=1, scale=0.5)
+    out = decode_frame(ok, a.specs, DecodeLimits(), ["lossless"])
+    assert [*out] == [s.name for s in a.specs] and all(float(v.abs().max()) == 0.5 for v in out.values())
 
 
 def test_a_frame_claiming_a_far_round_moves_nothing_unless_the_neighbour_confirms_it(pair):

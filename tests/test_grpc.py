@@ -16,6 +16,7 @@ from fedpeer.proto.v1 import mesh_pb2 as pb
 from fedpeer.proto.v1 import mesh_pb2_grpc as pb_grpc
 from fedpeer.scenario.runner import free_loopback_addresses
 from fedpeer.scenario.spec import prepare
+from fedpeer.tensors import manifest_of
 from fedpeer.transport.grpc_transport import SERVICE_NAME, GrpcTransport
 from fedpeer.wire.frames import CHUNK_BYTES, AckInfo, FrameKind, PeerInfo, StatusInfo, encode_frame
 from tests.meshutil import tiny_spec
@@ -96,7 +97,7 @@ def test_large_frame_streams_in_chunks_and_round_trips(served):
     assert result.wire_bytes > len(frame.payload)
     got = handler.frames[0]
     assert got == frame and got.wire_bytes == result.wire_bytes
-    decoded = get_codec("lossless").decode(got.payload, got.manifest, got.codec_params, DecodeLimits())
+    decoded = get_codec("lossless").decode(got.payload, manifest_of(t), got.codec_params, DecodeLimits())
     torch.testing.assert_close(decoded["w"], t["w"], atol=0, rtol=0)
 
 

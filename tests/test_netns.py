@@ -83,9 +83,9 @@ PROBE = textwrap.dedent(
         print("ready", flush=True)
         time.sleep(120)
     else:
-        frame = Frame("a", "e", FrameKind.UPDATE, 1, 1, "lossless", {}, (), b"\\x01" * size, size)
+        frame = Frame("a", "e", FrameKind.UPDATE, 1, 1, "lossless", {}, b"", b"\\x01" * size, size)
         # A tiny frame first: connection setup is not transfer time.
-        small = Frame("a", "e", FrameKind.UPDATE, 1, 1, "lossless", {}, (), b"\\x01", 1)
+        small = Frame("a", "e", FrameKind.UPDATE, 1, 1, "lossless", {}, b"", b"\\x01", 1)
         t.send_frame(address, small, timeout=30)
         t0 = time.perf_counter()
         result = t.send_frame(address, frame, timeout=120)

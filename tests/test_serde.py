@@ -4,9 +4,9 @@ import zlib
 
 import pytest
 
-from fedpeer.codec import TensorSpec
 from fedpeer.errors import FrameRejected
 from fedpeer.proto.v1 import mesh_pb2 as pb
+from fedpeer.tensors import TensorSpec, manifest_digest
 from fedpeer.wire import serde
 from fedpeer.wire.frames import CHUNK_BYTES, AckInfo, Frame, FrameKind, NeighbourInfo, PeerInfo, StatusInfo
 
@@ -20,7 +20,7 @@ def make_frame(payload: bytes = b"x" * 10, **kw) -> Frame:
         seq=7,
         codec="lossless",
         codec_params={"zstd_level": "3"},
-        manifest=(TensorSpec("w", (2, 3)),),
+        manifest_digest=manifest_digest([TensorSpec("w", (2, 3))]),
         payload=payload,
         raw_bytes=24,
     )
@@ -114,7 +114,18 @@ def test_declared_payload_over_bound_is_rejected_before_reading():
         serde.read_frame(chunks(), max_payload=999)
 
 
-def test_manifest_with_too_many_dims_is_rejected():
-    h = _header(manifest=(TensorSpec("w", (1,) * 9),))
-    with pytest.raises(FrameRejected, match="dims"):
-        serde.read_frame(iter([h, pb.Chunk(data=b"x" * 10)]), 1 << 20)
+def test_the_header_carries_a_16_byte_digest_not_the_manifest():
+    """Protocol v2: 16 bytes name the tensors, where v1 spent a few hundred on their specs."""
+    specs = [
+        TensorSpec(f"base.encoder.layer.{i}.attention.self.query.lora_B.global.weight", (384, 8))
+        for i in range(6)
+    ]
+    digest = manifest_digest(specs)
+    assert len(digest) == 16 and manifest_digest(list(specs)) == digest
+    assert manifest_digest(specs[::-1]) != digest and manifest_digest(specs[:-1]) != digest
+    assert manifest_digest([TensorSpec("ab", (1,)), TensorSpec("c", (1,))]) != manifest_digest(
+        [TensorSpec("a", (1,)), TensorSpec("bc", (1,))]
+    )
+    assert manifest_digest([TensorSpec("w", (2, 3))]) != manifest_digest([TensorSpec("w", (3, 2))])
+    h = _header(manifest_digest=digest)
+    assert h.header.manifest_digest == digest and h.ByteSize() < 100

@@ -94,7 +94,7 @@ class NodeService:
                 f"declared payload of {payload_length} bytes exceeds {node.payload_bound}, the most an "
                 "update of this model can need"
             )
-        check_manifest(header.manifest, node.specs)
+        check_manifest(header.manifest_digest, node.specs)
 
     def on_hello(self, peer: PeerInfo) -> PeerInfo:
         node = self.node

@@ -1,7 +1,9 @@
 """Frames as the node sees them (no protobuf here): tensors <-> encoded frames, with validation.
 
 `encode_frame` runs the codec on the sender; `decode_frame` checks a peer's frame against the tensor
-specs of the local model *before* the codec allocates anything, then decodes.
+specs of the local model *before* the codec allocates anything, then decodes against those specs.
+A frame names its tensors by the digest of their manifest (`fedpeer.tensors.manifest_digest`), not
+by the manifest itself: the receiver already has it, and only needs to know the sender's is the same.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from fedpeer.codec import Codec, DecodeLimits, get_codec
 from fedpeer.errors import CodecError, FrameRejected
-from fedpeer.tensors import TensorSpec, manifest_of
+from fedpeer.tensors import MANIFEST_DIGEST_BYTES, TensorSpec, manifest_digest, manifest_of
 
 # Largest payload chunk on the wire: well under gRPC's default 4 MiB message limit.
 CHUNK_BYTES = 1 << 20
@@ -44,7 +46,7 @@ class Frame:
     seq: int
     codec: str
     codec_params: dict[str, str]
-    manifest: tuple[TensorSpec, ...]
+    manifest_digest: bytes  # of the sender's manifest (`fedpeer.tensors.manifest_digest`)
     payload: bytes
     raw_bytes: int
     crc32: int = field(default=-1)
@@ -122,35 +124,39 @@ def encode_frame(
         seq=seq,
         codec=codec.name,
         codec_params=dict(enc.params),
-        manifest=tuple(manifest_of(tensors)),
+        manifest_digest=manifest_digest(manifest_of(tensors)),
         payload=enc.payload,
         raw_bytes=enc.raw_bytes,
         mix_weight=mix_weight,
     )
 
 
-def check_manifest(manifest: Sequence[TensorSpec], expected: Sequence[TensorSpec]) -> None:
-    """Refuse a manifest that is not exactly the local model's global-adapter specs."""
-    if len(manifest) != len(expected):
-        raise FrameRejected(f"manifest has {len(manifest)} tensors, this model expects {len(expected)}")
-    for got, want in zip(manifest, expected, strict=True):
-        if got != want:
-            raise FrameRejected(
-                f"manifest entry {got.name!r} {got.shape} {got.dtype} does not match "
-                f"this model's {want.name!r} {want.shape} {want.dtype}"
-            )
+def check_manifest(digest: bytes, expected: Sequence[TensorSpec]) -> None:
+    """Refuse a frame whose manifest digest is not that of the local model's global-adapter specs."""
+    if len(digest) != MANIFEST_DIGEST_BYTES:
+        raise FrameRejected(
+            f"manifest digest has {len(digest)} bytes, expected {MANIFEST_DIGEST_BYTES} "
+            "(a sender of protocol v1 sent the manifest itself: run the same fedpeer release on both sites)"
+        )
+    want = manifest_digest(expected)
+    if digest != want:
+        raise FrameRejected(
+            f"the frame's tensors (manifest digest {digest.hex()[:12]}) are not this model's global "
+            f"adapter ({want.hex()[:12]}, {len(expected)} tensors): the sites differ in model, LoRA "
+            "targets, layers, rank or head (the handshake's fingerprint fields say which)"
+        )
 
 
 def decode_frame(
     frame: Frame, expected: Sequence[TensorSpec], limits: DecodeLimits, accepted_codecs: Sequence[str]
 ) -> dict[str, torch.Tensor]:
     """Validate a peer's frame against the local specs, then decode it. Raises FrameRejected."""
-    check_manifest(frame.manifest, expected)
+    check_manifest(frame.manifest_digest, expected)
     if frame.codec not in accepted_codecs:
         raise FrameRejected(f"codec {frame.codec!r} is not accepted here ({', '.join(accepted_codecs)})")
     if zlib.crc32(frame.payload) != frame.crc32:
         raise FrameRejected("payload checksum mismatch (corrupted in transit)")
     try:
-        return get_codec(frame.codec).decode(frame.payload, frame.manifest, frame.codec_params, limits)
+        return get_codec(frame.codec).decode(frame.payload, expected, frame.codec_params, limits)
     except CodecError as exc:
         raise FrameRejected(f"undecodable {frame.codec} payload: {exc}") from None

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 from fedpeer.errors import FrameRejected
 from fedpeer.proto.v1 import mesh_pb2 as pb
-from fedpeer.tensors import TensorSpec
 from fedpeer.wire.frames import (
     CHUNK_BYTES,
     AckInfo,
@@ -23,10 +22,6 @@ from fedpeer.wire.frames import (
 
 _KIND_TO_PB = {FrameKind.UPDATE: pb.FRAME_KIND_UPDATE, FrameKind.SNAPSHOT: pb.FRAME_KIND_SNAPSHOT}
 _KIND_FROM_PB = {v: k for k, v in _KIND_TO_PB.items()}
-
-# Bounds on header fields of untrusted frames (a global adapter has a few hundred tensors at most).
-MAX_MANIFEST_ENTRIES = 100_000
-MAX_RANK_DIMS = 8
 
 
 def peer_info_to_proto(p: PeerInfo) -> pb.Hello:
@@ -118,7 +113,7 @@ def header_to_proto(f: Frame) -> pb.FrameHeader:
         seq=f.seq,
         codec=f.codec,
         codec_params=f.codec_params,
-        manifest=[pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=t.dtype) for t in f.manifest],
+        manifest_digest=f.manifest_digest,
         payload_length=len(f.payload),
         payload_crc32=f.crc32,
         raw_bytes=f.raw_bytes,
@@ -141,11 +136,6 @@ def _check_header(h: pb.FrameHeader, max_payload: int) -> None:
         raise FrameRejected(f"declared payload of {h.payload_length} bytes exceeds the bound {max_payload}")
     if not (math.isfinite(h.mix_weight) and h.mix_weight > 0):
         raise FrameRejected(f"mix_weight must be a positive finite number, got {h.mix_weight}")
-    if len(h.manifest) > MAX_MANIFEST_ENTRIES:
-        raise FrameRejected(f"manifest of {len(h.manifest)} entries is too long")
-    for t in h.manifest:
-        if len(t.shape) > MAX_RANK_DIMS:
-            raise FrameRejected(f"tensor {t.name!r} has {len(t.shape)} dims (at most {MAX_RANK_DIMS})")
 
 
 # Called with a frame's header (as a Frame with an empty payload) and its declared payload length,
@@ -192,7 +182,7 @@ def _frame(h: pb.FrameHeader, payload: bytes, wire: int) -> Frame:
         seq=h.seq,
         codec=h.codec,
         codec_params=dict(h.codec_params),
-        manifest=tuple(TensorSpec(t.name, tuple(int(d) for d in t.shape), t.dtype) for t in h.manifest),
+        manifest_digest=bytes(h.manifest_digest),
         payload=payload,
         raw_bytes=h.raw_bytes,
         crc32=h.payload_crc32,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64peer/proto/v1/mesh.proto\x12\nfedpeer.v1\"\x96\x02\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x44\n\x12\x66ingerprint_fields\x18\x04 \x03(\x0b\x32(.fedpeer.v1.Hello.FingerprintFieldsEntry\x12\x0e\n\x06\x63odecs\x18\x05 \x03(\t\x12\r\n\x05round\x18\x06 \x01(\x04\x12\x0e\n\x06\x64\x65gree\x18\x07 \x01(\r\x12\r\n\x05\x65poch\x18\x08 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\t \x01(\t\x1a\x38\n\x16\x46ingerprintFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\nHelloReply\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.fedpeer.v1.Hello\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xf0\x02\n\x0b\x46rameHeader\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.fedpeer.v1.FrameKind\x12\r\n\x05round\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12\r\n\x05\x63odec\x18\x06 \x01(\t\x12>\n\x0c\x63odec_params\x18\x07 \x03(\x0b\x32(.fedpeer.v1.FrameHeader.CodecParamsEntry\x12(\n\x08manifest\x18\x08 \x03(\x0b\x32\x16.fedpeer.v1.TensorSpec\x12\x16\n\x0epayload_length\x18\t \x01(\x04\x12\x15\n\rpayload_crc32\x18\n \x01(\r\x12\x11\n\traw_bytes\x18\x0b \x01(\x04\x12\x12\n\nmix_weight\x18\x0c \x01(\x01\x1a\x32\n\x10\x43odecParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x05\x43hunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedpeer.v1.FrameHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\";\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x13\n\x0b\x61pplied_seq\x18\x03 \x01(\x04\"7\n\x0fSnapshotRequest\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x11\n\tmax_round\x18\x02 \x01(\x04\"\x0f\n\rStatusRequest\"u\n\x0fNeighbourStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x18\n\x10last_round_heard\x18\x04 \x01(\x04\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\"\xe9\x01\n\x0bStatusReply\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.fedpeer.v1.Hello\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x14\n\x0crounds_total\x18\x03 \x01(\x04\x12/\n\nneighbours\x18\x04 \x03(\x0b\x32\x1b.fedpeer.v1.NeighbourStatus\x12\x17\n\x0flast_train_loss\x18\x05 \x01(\x01\x12\x1a\n\x12\x63onsensus_distance\x18\x06 \x01(\x01\x12\x17\n\x0fprivacy_epsilon\x18\x07 \x01(\x01\x12\x15\n\rprivacy_delta\x18\x08 \x01(\x01*W\n\tFrameKind\x12\x1a\n\x16\x46RAME_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46RAME_KIND_UPDATE\x10\x01\x12\x17\n\x13\x46RAME_KIND_SNAPSHOT\x10\x02\x32\xf1\x01\n\x04Mesh\x12\x36\n\tHandshake\x12\x11.fedpeer.v1.Hello\x1a\x16.fedpeer.v1.HelloReply\x12\x32\n\x08\x45xchange\x12\x11.fedpeer.v1.Chunk\x1a\x0f.fedpeer.v1.Ack(\x01\x30\x01\x12?\n\x0bGetSnapshot\x12\x1b.fedpeer.v1.SnapshotRequest\x1a\x11.fedpeer.v1.Chunk0\x01\x12<\n\x06Status\x12\x19.fedpeer.v1.StatusRequest\x1a\x17.fedpeer.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64peer/proto/v1/mesh.proto\x12\nfedpeer.v1\"\x96\x02\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x44\n\x12\x66ingerprint_fields\x18\x04 \x03(\x0b\x32(.fedpeer.v1.Hello.FingerprintFieldsEntry\x12\x0e\n\x06\x63odecs\x18\x05 \x03(\t\x12\r\n\x05round\x18\x06 \x01(\x04\x12\x0e\n\x06\x64\x65gree\x18\x07 \x01(\r\x12\r\n\x05\x65poch\x18\x08 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\t \x01(\t\x1a\x38\n\x16\x46ingerprintFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\nHelloReply\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.fedpeer.v1.Hello\"\xe5\x02\n\x0b\x46rameHeader\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.fedpeer.v1.FrameKind\x12\r\n\x05round\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12\r\n\x05\x63odec\x18\x06 \x01(\t\x12>\n\x0c\x63odec_params\x18\x07 \x03(\x0b\x32(.fedpeer.v1.FrameHeader.CodecParamsEntry\x12\x16\n\x0epayload_length\x18\t \x01(\x04\x12\x15\n\rpayload_crc32\x18\n \x01(\r\x12\x11\n\traw_bytes\x18\x0b \x01(\x04\x12\x12\n\nmix_weight\x18\x0c \x01(\x01\x12\x17\n\x0fmanifest_digest\x18\r \x01(\x0c\x1a\x32\n\x10\x43odecParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x08\x10\t\"J\n\x05\x43hunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedpeer.v1.FrameHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\";\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x13\n\x0b\x61pplied_seq\x18\x03 \x01(\x04\"7\n\x0fSnapshotRequest\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x11\n\tmax_round\x18\x02 \x01(\x04\"\x0f\n\rStatusRequest\"u\n\x0fNeighbourStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x18\n\x10last_round_heard\x18\x04 \x01(\x04\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\"\xe9\x01\n\x0bStatusReply\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.fedpeer.v1.Hello\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x14\n\x0crounds_total\x18\x03 \x01(\x04\x12/\n\nneighbours\x18\x04 \x03(\x0b\x32\x1b.fedpeer.v1.NeighbourStatus\x12\x17\n\x0flast_train_loss\x18\x05 \x01(\x01\x12\x1a\n\x12\x63onsensus_distance\x18\x06 \x01(\x01\x12\x17\n\x0fprivacy_epsilon\x18\x07 \x01(\x01\x12\x15\n\rprivacy_delta\x18\x08 \x01(\x01*W\n\tFrameKind\x12\x1a\n\x16\x46RAME_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46RAME_KIND_UPDATE\x10\x01\x12\x17\n\x13\x46RAME_KIND_SNAPSHOT\x10\x02\x32\xf1\x01\n\x04Mesh\x12\x36\n\tHandshake\x12\x11.fedpeer.v1.Hello\x1a\x16.fedpeer.v1.HelloReply\x12\x32\n\x08\x45xchange\x12\x11.fedpeer.v1.Chunk\x1a\x0f.fedpeer.v1.Ack(\x01\x30\x01\x12?\n\x0bGetSnapshot\x12\x1b.fedpeer.v1.SnapshotRequest\x1a\x11.fedpeer.v1.Chunk0\x01\x12<\n\x06Status\x12\x19.fedpeer.v1.StatusRequest\x1a\x17.fedpeer.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO_FINGERPRINTFIELDSENTRY']._serialized_options = b'8\001'
   _globals['_FRAMEHEADER_CODECPARAMSENTRY']._loaded_options = None
   _globals['_FRAMEHEADER_CODECPARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_FRAMEKIND']._serialized_start=1366
-  _globals['_FRAMEKIND']._serialized_end=1453
+  _globals['_FRAMEKIND']._serialized_start=1297
+  _globals['_FRAMEKIND']._serialized_end=1384
   _globals['_HELLO']._serialized_start=44
   _globals['_HELLO']._serialized_end=322
   _globals['_HELLO_FINGERPRINTFIELDSENTRY']._serialized_start=266
   _globals['_HELLO_FINGERPRINTFIELDSENTRY']._serialized_end=322
   _globals['_HELLOREPLY']._serialized_start=324
   _globals['_HELLOREPLY']._serialized_end=369
-  _globals['_TENSORSPEC']._serialized_start=371
-  _globals['_TENSORSPEC']._serialized_end=427
-  _globals['_FRAMEHEADER']._serialized_start=430
-  _globals['_FRAMEHEADER']._serialized_end=798
-  _globals['_FRAMEHEADER_CODECPARAMSENTRY']._serialized_start=748
-  _globals['_FRAMEHEADER_CODECPARAMSENTRY']._serialized_end=798
-  _globals['_CHUNK']._serialized_start=800
-  _globals['_CHUNK']._serialized_end=874
-  _globals['_ACK']._serialized_start=876
-  _globals['_ACK']._serialized_end=935
-  _globals['_SNAPSHOTREQUEST']._serialized_start=937
-  _globals['_SNAPSHOTREQUEST']._serialized_end=992
-  _globals['_STATUSREQUEST']._serialized_start=994
-  _globals['_STATUSREQUEST']._serialized_end=1009
-  _globals['_NEIGHBOURSTATUS']._serialized_start=1011
-  _globals['_NEIGHBOURSTATUS']._serialized_end=1128
-  _globals['_STATUSREPLY']._serialized_start=1131
-  _globals['_STATUSREPLY']._serialized_end=1364
-  _globals['_MESH']._serialized_start=1456
-  _globals['_MESH']._serialized_end=1697
+  _globals['_FRAMEHEADER']._serialized_start=372
+  _globals['_FRAMEHEADER']._serialized_end=729
+  _globals['_FRAMEHEADER_CODECPARAMSENTRY']._serialized_start=673
+  _globals['_FRAMEHEADER_CODECPARAMSENTRY']._serialized_end=723
+  _globals['_CHUNK']._serialized_start=731
+  _globals['_CHUNK']._serialized_end=805
+  _globals['_ACK']._serialized_start=807
+  _globals['_ACK']._serialized_end=866
+  _globals['_SNAPSHOTREQUEST']._serialized_start=868
+  _globals['_SNAPSHOTREQUEST']._serialized_end=923
+  _globals['_STATUSREQUEST']._serialized_start=925
+  _globals['_STATUSREQUEST']._serialized_end=940
+  _globals['_NEIGHBOURSTATUS']._serialized_start=942
+  _globals['_NEIGHBOURSTATUS']._serialized_end=1059
+  _globals['_STATUSREPLY']._serialized_start=1062
+  _globals['_STATUSREPLY']._serialized_end=1295
+  _globals['_MESH']._serialized_start=1387
+  _globals['_MESH']._serialized_end=1628
 # @@protoc_insertion_point(module_scope)

@@ -51,18 +51,8 @@ class HelloReply(_message.Message):
     node: Hello
     def __init__(self, node: _Optional[_Union[Hello, _Mapping]] = ...) -> None: ...
 
-class TensorSpec(_message.Message):
-    __slots__ = ("name", "shape", "dtype")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    SHAPE_FIELD_NUMBER: _ClassVar[int]
-    DTYPE_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    shape: _containers.RepeatedScalarFieldContainer[int]
-    dtype: str
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
-
 class FrameHeader(_message.Message):
-    __slots__ = ("sender", "epoch", "kind", "round", "seq", "codec", "codec_params", "manifest", "payload_length", "payload_crc32", "raw_bytes", "mix_weight")
+    __slots__ = ("sender", "epoch", "kind", "round", "seq", "codec", "codec_params", "payload_length", "payload_crc32", "raw_bytes", "mix_weight", "manifest_digest")
     class CodecParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,11 +67,11 @@ class FrameHeader(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CODEC_PARAMS_FIELD_NUMBER: _ClassVar[int]
-    MANIFEST_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_LENGTH_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_CRC32_FIELD_NUMBER: _ClassVar[int]
     RAW_BYTES_FIELD_NUMBER: _ClassVar[int]
     MIX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     sender: str
     epoch: str
     kind: FrameKind
@@ -89,12 +79,12 @@ class FrameHeader(_message.Message):
     seq: int
     codec: str
     codec_params: _containers.ScalarMap[str, str]
-    manifest: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     payload_length: int
     payload_crc32: int
     raw_bytes: int
     mix_weight: float
-    def __init__(self, sender: _Optional[str] = ..., epoch: _Optional[str] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params: _Optional[_Mapping[str, str]] = ..., manifest: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., payload_length: _Optional[int] = ..., payload_crc32: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., mix_weight: _Optional[float] = ...) -> None: ...
+    manifest_digest: bytes
+    def __init__(self, sender: _Optional[str] = ..., epoch: _Optional[str] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params: _Optional[_Mapping[str, str]] = ..., payload_length: _Optional[int] = ..., payload_crc32: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., mix_weight: _Optional[float] = ..., manifest_digest: _Optional[bytes] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("header", "data")
