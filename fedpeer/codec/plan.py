@@ -150,8 +150,10 @@ def raw_budget(budget_bytes: int) -> int:
 def allocate(menus: Sequence[Sequence[tuple[int, float]]], budget: int) -> tuple[list[int], bool]:
     """One option per group, (bytes, squared error) each, minimizing total error within `budget` bytes.
 
-    1. Price λ: each group alone takes argmin(error + λ·bytes); its bytes fall as λ rises.
-    2. Bisect λ (geometrically) to the lowest price whose picks fit the budget.
+    1. Price λ: each group alone takes argmin(error + λ·bytes), ties to fewer bytes; the total bytes
+       never grow as λ rises, and the picks change only at the menus' critical prices (where two
+       options of a group cost the same).
+    2. Bisect the sorted critical prices to the lowest whose picks fit the budget.
     3. Spend what is left greedily: the upgrade with the most error removed per extra byte that
        still fits, until none does (the price only reaches the convex hull of each menu).
     Returns the picks and whether they fit (False only when even the smallest options do not).
@@ -168,13 +170,14 @@ def allocate(menus: Sequence[Sequence[tuple[int, float]]], budget: int) -> tuple
         return smallest, False
     picks = picks_at(0.0)
     if total(picks) > budget:
-        lo, hi = 0.0, 1.0
-        while total(picks_at(hi)) > budget:
-            hi *= 16.0
-        for _ in range(60):
-            mid = math.sqrt(lo * hi) if lo > 0 else hi / 1e6
-            lo, hi = (mid, hi) if total(picks_at(mid)) > budget else (lo, mid)
-        picks = picks_at(hi)
+        prices = sorted(
+            {(e1 - e2) / (b2 - b1) for m in menus for b1, e1 in m for b2, e2 in m if b2 > b1 and e1 > e2}
+        )
+        lo, hi = 0, len(prices)  # the answer's index is in [lo, hi]; len(prices): none fits
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if total(picks_at(prices[mid])) > budget else (lo, mid)
+        picks = picks_at(prices[lo]) if lo < len(prices) else smallest
         if total(picks) > budget:
             picks = smallest
     return _spend_leftover(menus, picks, budget - total(picks)), True
