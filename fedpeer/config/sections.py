@@ -276,8 +276,8 @@ class TrainConfig:
             "lifts a model trained on other sites' data (a pooled one, a global-only mesh's) and lowers "
             "one whose private part learnt the site's own (local-only, dual: leave it at 0 there). "
             "A global-only mesh (adapter.use_local = false) at lr 1.2e-2 for 32 rounds with prior 1 "
-            "beat the best local-only by 6.4 points on MTSamples (10 seeds, lossless codec; 5.9 with "
-            "the pipeline codec at 18.6x fewer bytes and gossip.gamma 0.5) and did not on Medical "
+            "beat the best local-only by 6.4 points on MTSamples (10 seeds, lossless codec; 6.0 with "
+            "the pipeline codec at 16.5x fewer bytes and gossip.gamma 0.5) and did not on Medical "
             "Abstracts (-1.1). 0: off; 1: the site's full prior."
         },
     )
@@ -390,8 +390,8 @@ class GossipConfig:
         metadata={
             "help": "CHOCO consensus step size, in [0, 1]. 1.0 with a lossless codec is plain gossip "
             "x <- W x; the lossy pipeline codec needs < 1, and small enough for its bytes: on the medical "
-            "benchmark (2,600 bytes a round) 0.8 held for 8 rounds and diverged over 32, 0.5 held. A "
-            "node warns when its consensus distance has grown 8 rounds in a row."
+            "benchmark (2,600 bytes a round) 0.8 held for 8 rounds and diverged over 32; 0.5 and 0.65 "
+            "held. A node warns when its consensus distance has grown 8 rounds in a row."
         },
     )
     round_timeout_s: float = field(
