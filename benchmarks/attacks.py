@@ -39,12 +39,14 @@ import torch
 
 from fedpeer import checkpoint
 from fedpeer.codec import get_codec
+from fedpeer.model.dual_lora import load_dual_lora
 from fedpeer.proto.v1 import mesh_pb2 as pb
 from fedpeer.proto.v1 import mesh_pb2_grpc as pb_grpc
 from fedpeer.scenario.runner import free_loopback_addresses, write_node_config
 from fedpeer.scenario.spec import parse_scenario, prepare
 from fedpeer.security import pki
 from fedpeer.security.tls import TlsIdentity, load_identity, target_name
+from fedpeer.tensors import manifest_digest
 from fedpeer.transport.channel import STALL_S
 from fedpeer.wire import serde
 from fedpeer.wire.frames import FrameKind, encode_frame
@@ -172,14 +174,17 @@ def attack(mesh: Mesh, work: Path) -> list[dict[str, Any]]:
         return operator.Status(pb.StatusRequest(), timeout=5)
 
     wait_for_round(status, 2)
-    # A frame node0 would accept from node1 but for its content: node0's own manifest (from a
-    # snapshot, fetched with node1's key) and 1e30 everywhere.
+    # A frame node0 would accept from node1 but for its content: the mesh's global-adapter tensors
+    # (an insider with node1's key has node1's config, and builds the same model) at 1e30 everywhere.
+    # Frames carry only the digest of that manifest; a snapshot fetched with node1's key confirms it.
+    node1 = mesh.cfg["node1"]
+    dual = load_dual_lora(node1.model, node1.adapter, torch.device("cpu"), local_seed=0)
+    poison = {s.name: torch.full(s.shape, 1e30) for s in dual.global_specs()}
     snap = serde.read_frame(
         iter(stub(address, creds["node1"]).GetSnapshot(pb.SnapshotRequest(requester="node1"), timeout=10)),
         1 << 30,
     )
-    assert snap is not None
-    poison = {s.name: torch.full(s.shape, 1e30) for s in snap.manifest}
+    assert snap is not None and snap.manifest_digest == manifest_digest(dual.global_specs())
 
     # node1's epoch is in its Status reply (which any mesh certificate may ask for).
     epoch1 = (
