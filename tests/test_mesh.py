@@ -6,6 +6,8 @@ import time
 import pytest
 import torch
 
+from fedpeer import PROTOCOL_VERSION, checkpoint
+from fedpeer.errors import CheckpointError
 from fedpeer.gossip.topology import build_topology
 from fedpeer.gossip.weights import mixing_matrix
 from fedpeer.metrics import read_metrics
@@ -127,6 +129,25 @@ def test_resume_from_checkpoint_restores_state(tmp_path):
         torch.testing.assert_close(again.sender.x_hat[k], v, atol=0, rtol=0)
     assert again.copies.copies["node1"].applied_seq == before.copies.copies["node1"].applied_seq == 2
     assert again.sender.epoch != before.sender.epoch
+
+
+def test_resume_refuses_a_checkpoint_of_another_protocol_and_says_so(tmp_path):
+    """A checkpoint written under another fingerprint (here: fedpeer protocol 1) is refused, and the
+    message names the field that differs, not just "another model"."""
+    prepared = prepared_memory(tiny_spec(nodes=2, gossip={"rounds": 1}), tmp_path)
+    net = MemoryNetwork()
+    run_threads(make_nodes(prepared, lambda: MemoryTransport(net)))
+    state_dir = prepared.nodes[0].state_dir
+    ck = checkpoint.load(state_dir)
+    assert ck is not None and ck.meta["fingerprint_fields"]["protocol"] == str(PROTOCOL_VERSION)
+    old = {
+        **ck.meta,
+        "fingerprint": "0" * 16,
+        "fingerprint_fields": {**ck.meta["fingerprint_fields"], "protocol": "1"},
+    }
+    checkpoint.save(state_dir, ck.tensors, old)
+    with pytest.raises(CheckpointError, match=f"protocol: checkpoint '1', this node '{PROTOCOL_VERSION}'"):
+        build_node(prepared.nodes[0], MemoryTransport(MemoryNetwork()))
 
 
 def test_data_aware_mixing_matches_reference_and_preserves_the_weighted_mean(tmp_path):

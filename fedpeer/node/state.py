@@ -43,6 +43,8 @@ def save(node: Node, record: RoundRecord | None = None) -> None:
         # JSON has no NaN: None until the first evaluation.
         "last_eval_loss": node.last_eval_loss if math.isfinite(node.last_eval_loss) else None,
         "fingerprint": node.dual.fingerprint(),
+        # Readable, so that a refused resume can say what differs (the fingerprint is their hash).
+        "fingerprint_fields": node.dual.fingerprint_fields(),
         "copies": copies_meta,
         "trainer": node.trainer.state_meta(),
         "record": record.to_json() if record is not None else None,
@@ -128,9 +130,17 @@ def resume(node: Node) -> None:
     if ck is None:
         return
     if ck.meta.get("fingerprint") != node.dual.fingerprint():
+        theirs = ck.meta.get("fingerprint_fields") or {}
+        ours = node.dual.fingerprint_fields()
+        differ = [
+            f"{k}: checkpoint {theirs.get(k, '?')!r}, this node {ours.get(k, '?')!r}"
+            for k in sorted(set(ours) | set(theirs))
+            if theirs.get(k) != ours.get(k)
+        ]
         raise CheckpointError(
-            f"{node.cfg.state_dir} holds a checkpoint of another model or adapter "
-            "config; point state_dir at a new directory, or move the old one away"
+            f"{node.cfg.state_dir} holds a checkpoint of another model, adapter config or fedpeer "
+            f"protocol ({'; '.join(differ) if theirs else 'written before checkpoints named the fields'}): "
+            "point state_dir at a new directory, or move the old one away"
         )
     node.dual.load_adapter_state(ck.group("adapter"))
     node.sender.restore(ck.group("self"), ck.meta)
