@@ -69,10 +69,13 @@ def test_killed_node_resumes_and_catches_up(tmp_path):
     }
     for t in range(back, min(back + 5, 25)):
         print(f"  round {t}: " + " | ".join(f"{by[n].get(t)}" for n in ("node1", "node0", "node2")))
-    # Back in the consensus within 2 rounds: its distance to its neighbours' copies is at the mesh's
-    # level (within the others' spread plus a quarter) by its second round back. That is the second
-    # round it ran, not back + 1: a node still too far behind after its first round back (a slow
-    # restart on a loaded machine) catches up again and skips rounds.
-    second = rounds[done + 1]
+    # Back in the consensus within 2 rounds of replaying, 3 of catching up: its distance to its
+    # neighbours' copies is at the mesh's level (within the others' spread plus a quarter) by its
+    # second round back, or its third after a jump. Rounds it ran, not back + 1, back + 2: a node
+    # still too far behind after its first round back (a slow restart on a loaded machine) catches
+    # up again and skips rounds. A jump keeps the local adapter and optimizer state of the round it
+    # stopped at, under the mesh's newer global adapter: in a fresh-clone run that resumed at 2 and
+    # jumped to 10, its distance went 2.50, 3.10, 2.35, 2.11 over rounds 11-14 (the others 2.28-2.35).
+    second = rounds[min(done + (2 if jump else 1), len(rounds) - 1)]
     others = [d for d in (by["node0"][second], by["node2"][second]) if d is not None]  # None: mixed none
     assert others and by["node1"][second] <= 1.25 * max(others), by
