@@ -74,8 +74,9 @@ def test_killed_node_resumes_and_catches_up(tmp_path):
     # second round back, or its third after a jump. Rounds it ran, not back + 1, back + 2: a node
     # still too far behind after its first round back (a slow restart on a loaded machine) catches
     # up again and skips rounds. A jump keeps the local adapter and optimizer state of the round it
-    # stopped at, under the mesh's newer global adapter: in a fresh-clone run that resumed at 2 and
-    # jumped to 10, its distance went 2.50, 3.10, 2.35, 2.11 over rounds 11-14 (the others 2.28-2.35).
+    # stopped at, under the mesh's newer global adapter (the likely cause of this): in a fresh-clone
+    # run that resumed at 2 and jumped to 10, its distance went 2.50, 3.10, 2.35, 2.11 over rounds
+    # 11-14 (the others 2.28-2.35).
     second = rounds[min(done + (2 if jump else 1), len(rounds) - 1)]
     others = [d for d in (by["node0"][second], by["node2"][second]) if d is not None]  # None: mixed none
     assert others and by["node1"][second] <= 1.25 * max(others), by
