@@ -44,7 +44,9 @@ dual - best(local, global) (the baseline with the higher mean over all sites x s
 central, with a percentile bootstrap 95 % interval over (site, seed) pairs; a dual variant with a lossy
 codec (e.g. dual+codec=pipeline+gamma=0.5) also against the same label without its codec settings
 (pipeline-lossless), when that ran or is merged in. Sites of one seed share a mesh and a split, so the
-pairs are not independent: read the interval as optimistic.
+pairs are not independent: read the interval as optimistic. --compare "A - B" (repeatable) pairs any two
+methods the same way, with a second interval over the seeds' mean differences, e.g. over committed runs:
+--merge docs/results/medical/local16 OUT --compare "global+rounds=32+prior=0.5 - local+rounds=16".
 
 Late joiner (--set late_train=48): after each seed's dual run a new site joins with late_train
 examples of its own label mix (and late_eval more to score it), drawn from the shared test set, which
@@ -730,6 +732,66 @@ def paired(results: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
     return out
 
 
+def compare(results: list[dict[str, Any]], specs: Sequence[str], n_boot: int) -> list[dict[str, Any]]:
+    """--compare "A - B": method A minus method B per (task, sites, alpha) where both ran, paired by
+    (seed, site), with two percentile bootstrap 95 % intervals: over the pairs (as `paired`), and over
+    the seeds' mean differences (sites of one seed share a mesh, so this one does not assume they are
+    independent). A label may name a topology, METHOD@TOPOLOGY; it must where its runs have several."""
+    out = []
+    for spec in specs:
+        a, b = compare_labels(spec)
+        for task, sites, alpha in sorted({(r["task"], r["sites"], r["alpha"]) for r in results}):
+            rs = [r for r in results if (r["task"], r["sites"], r["alpha"]) == (task, sites, alpha)]
+            ua, ub = _units_of(rs, a), _units_of(rs, b)
+            keys = sorted(set(ua) & set(ub))
+            if not keys:
+                continue
+            diffs = [ua[k] - ub[k] for k in keys]
+            seeds = sorted({seed for seed, _ in keys})
+            per_seed = [statistics.fmean(ua[k] - ub[k] for k in keys if k[0] == seed) for seed in seeds]
+            mean, lo, hi = bootstrap_ci(diffs, n_boot)
+            _, slo, shi = bootstrap_ci(per_seed, n_boot)
+            out.append(
+                {
+                    "task": task,
+                    "sites": sites,
+                    "alpha": alpha,
+                    "comparison": f"{a} - {b}",
+                    "method": a,
+                    "baseline": b,
+                    "n_pairs": len(keys),
+                    "seeds": seeds,
+                    "per_seed": per_seed,
+                    "mean": mean,
+                    "ci95": [lo, hi],
+                    "ci95_seeds": [slo, shi],
+                }
+            )
+        if not any(c["comparison"] == f"{a} - {b}" for c in out):
+            ran = sorted({f"{r['method']}@{r['topology']}" for r in results})
+            raise SystemExit(
+                f"--compare {spec!r}: no (seed, site) has both; the results hold: {', '.join(ran)}"
+            )
+    return out
+
+
+def compare_labels(spec: str) -> tuple[str, str]:
+    """ "A - B" -> ("A", "B"), or SystemExit saying how to write it."""
+    a, sep, b = spec.partition(" - ")
+    if not sep or not a.strip() or not b.strip():
+        raise SystemExit(f'--compare {spec!r}: write "METHOD - BASELINE" (spaces around the minus)')
+    return a.strip(), b.strip()
+
+
+def _units_of(rs: list[dict[str, Any]], label: str) -> dict[tuple[int, str], float]:
+    method, _, topology = label.partition("@")
+    runs = [r for r in rs if r["method"] == method and (not topology or r["topology"] == topology)]
+    if len({r["topology"] for r in runs}) > 1:
+        tops = ", ".join(sorted({r["topology"] for r in runs}))
+        raise SystemExit(f"--compare: {method!r} ran on several topologies ({tops}): write {method}@TOPOLOGY")
+    return {(r["seed"], site): v for r in runs for site, v in r["per_site"].items()}
+
+
 # ================================================================ driver
 def late_joiner(
     s: Settings,
@@ -920,6 +982,7 @@ def tables(result: dict[str, Any]) -> str:
                     f"{p['n_pairs']} | "
                     f"{p['mean']:+.4f} | [{lo:+.4f}, {hi:+.4f}] |"
                 )
+        lines += compare_table(result.get("compare", []), (task, sites, alpha))
         lines.append("")
     lines += late_joiner_table(result.get("late_joiner", []), result["settings"]["n_boot"])
     for task in dict.fromkeys(r["task"] for r in result["results"]):
@@ -935,6 +998,40 @@ def tables(result: dict[str, Any]) -> str:
         ]
     lines.append(f"wall time {result['wall_s']:.0f} s")
     return "\n".join(lines)
+
+
+def compare_table(rows: list[dict[str, Any]], config: tuple[str, int, float]) -> list[str]:
+    rows = [c for c in rows if (c["task"], c["sites"], c["alpha"]) == config]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "--compare (by seed and site; points of the metric x 100), percentile bootstrap 95 % intervals "
+        "over the pairs and over the seeds' means:",
+        "",
+        "| method | baseline | seeds | pairs | mean | 95 % CI, pairs | 95 % CI, seeds | per seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        (lo, hi), (slo, shi) = c["ci95"], c["ci95_seeds"]
+        seeds = _seed_list(c["seeds"])
+        per_seed = ", ".join(f"{100 * d:+.1f}" for d in c["per_seed"])
+        lines.append(
+            f"| {c['method']} | {c['baseline']} | {seeds} | {c['n_pairs']} | {100 * c['mean']:+.1f} | "
+            f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | [{100 * slo:+.1f}, {100 * shi:+.1f}] | {per_seed} |"
+        )
+    return lines
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    """2, 3, 4, 7 -> "2-4, 7"."""
+    spans: list[list[int]] = []
+    for seed in seeds:
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
 
 
 def late_joiner_table(late: list[dict[str, Any]], n_boot: int) -> list[str]:
@@ -1008,8 +1105,11 @@ def _load_part(path: Path) -> dict[str, Any]:
     return {"wall_s": 0.0, "settings": settings, "data": data, "results": results}
 
 
-def merge(files: Sequence[Path], out: Path | None, as_json: bool, ap: argparse.ArgumentParser) -> None:
-    """Tables over the results of several --json outputs run with the same settings."""
+def merge(
+    files: Sequence[Path], out: Path | None, as_json: bool, ap: argparse.ArgumentParser, specs: Sequence[str]
+) -> None:
+    """Tables over the results of several --json outputs run with the same settings (and the
+    --compare differences `specs` between their methods)."""
     parts = [_load_part(f) for f in files]
     # A field added to Settings after a file was written took its default there.
     defaults = dataclasses.asdict(Settings())
@@ -1032,6 +1132,7 @@ def merge(files: Sequence[Path], out: Path | None, as_json: bool, ap: argparse.A
         "data": {k: v for p in parts for k, v in p["data"].items()},
         "results": results,
         "paired": paired(results, parts[0]["settings"]["n_boot"]),
+        "compare": compare(results, specs, parts[0]["settings"]["n_boot"]),
     }
     text = tables(result)
     print(text)
@@ -1084,10 +1185,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "whose last line is that object) or --out directories (the runs that finished), e.g. seeds run in "
         "several invocations with the same settings",
     )
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="'A - B'",
+        help="paired differences of method A minus method B (labels as in --methods, METHOD@TOPOLOGY "
+        "where one ran on several), by seed and site, over this run's results or those --merge pools, "
+        "with a bootstrap 95 %% interval over the pairs and one over the seeds; repeatable, e.g. "
+        '--compare "global+rounds=32+prior=0.5 - local+rounds=16"',
+    )
     ap.add_argument("--json", action="store_true", help="end with one JSON object")
     a = ap.parse_args(argv)
     if a.merge:
-        merge(a.merge, a.out, a.json, ap)
+        merge(a.merge, a.out, a.json, ap, a.compare)
         return
     tasks = a.task.split(",") if a.task else (["mtsamples"] if a.quick else ["mtsamples", "abstracts"])
     unknown = [t for t in tasks if t not in TASKS]
@@ -1099,6 +1210,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(1)  # nodes run as threads: one intra-op thread each
     s = dataclasses.replace(Settings(), **{**(QUICK if a.quick else {}), **overrides(a.set, ap, Settings)})
     plan = parse_plan(a.methods.split(","), a.topologies.split(","), ap)
+    for spec in a.compare:  # before anything slow: both sides must be methods of this run
+        missing = [x for x in compare_labels(spec) if x.partition("@")[0] not in {m for m, _ in plan}]
+        if missing:
+            ap.error(
+                f"--compare {spec!r}: {', '.join(missing)} not in --methods (merge other runs with --merge)"
+            )
     seeds = [a.first_seed + i for i in range(a.seeds or (2 if a.quick else 5))]
     alphas = [float(x) for x in a.alpha.split(",")]
     sites = [int(x) for x in a.sites.split(",")]
@@ -1107,6 +1224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="fedpeer-medical-") as tmp:
         out = a.out or Path(tmp)
         result = run_all(s, tasks, alphas, sites, seeds, plan, models, a.data_dir, out, explicit)
+        result["compare"] = compare(result["results"], a.compare, s.n_boot)
         text = tables(result)
         print(text)
         (out / "medical.md").write_text(text + "\n")

@@ -178,6 +178,46 @@ def test_a_lossy_dual_is_paired_with_its_lossless_twin():
     assert rows["pipeline-lossless"]["ci95"][0] <= -0.015 <= rows["pipeline-lossless"]["ci95"][1]
 
 
+def test_compare_pairs_any_two_methods_by_seed_and_site():
+    medical = load_benchmark()
+
+    def row(method, topology, seed, scores):
+        per_site = {f"node{i}": v for i, v in enumerate(scores)}
+        return {
+            "task": "t",
+            "sites": 2,
+            "alpha": 0.3,
+            "method": method,
+            "topology": topology,
+            "seed": seed,
+            "per_site": per_site,
+        }
+
+    a, b = "global+rounds=32+prior=0.5", "local+rounds=16"
+    results = [
+        row(a, "ring", 0, [0.6, 0.7]),
+        row(a, "ring", 1, [0.5, 0.9]),
+        row(b, "none", 0, [0.5, 0.7]),
+        row(b, "none", 1, [0.6, 0.6]),
+        row(b, "none", 2, [0.1, 0.1]),  # no partner: left out
+    ]
+    (c,) = medical.compare(results, [f"{a} - {b}"], n_boot=500)
+    assert (c["method"], c["baseline"], c["n_pairs"], c["seeds"]) == (a, b, 4, [0, 1])
+    assert c["mean"] == pytest.approx(0.075) and c["per_seed"] == pytest.approx([0.05, 0.1])
+    assert c["ci95"][0] <= 0.075 <= c["ci95"][1] and c["ci95_seeds"] == pytest.approx([0.05, 0.1])
+    assert medical.compare(results, [f"{a}@ring - {b}@none"], n_boot=500)[0]["mean"] == pytest.approx(0.075)
+    table = "\n".join(medical.compare_table([c], ("t", 2, 0.3)))
+    assert "| +7.5 |" in table and "| 0-1 | 4 |" in table and "+5.0, +10.0" in table
+
+    with pytest.raises(SystemExit, match="spaces around the minus"):
+        medical.compare(results, [f"{a}-{b}"], n_boot=10)
+    with pytest.raises(SystemExit, match="no \\(seed, site\\) has both.*local\\+rounds=16@none"):
+        medical.compare(results, [f"dual - {b}"], n_boot=10)
+    with pytest.raises(SystemExit, match="several topologies.*@TOPOLOGY"):
+        medical.compare([*results, row(a, "complete", 0, [0.6, 0.7])], [f"{a} - {b}"], n_boot=10)
+    assert medical._seed_list([2, 3, 4, 7, 9, 10]) == "2-4, 7, 9-10"
+
+
 def test_the_shared_test_set_is_scored_without_the_site_prior(monkeypatch):
     """train.prior puts a site's own label mix into its predictions; the shared test set is no site's
     mix (the global view), so a site's model is scored there with prior 0 and on its own eval set with
@@ -301,13 +341,22 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
     rows = [{k: v for k, v in r.items() if k != "device"} for r in result["results"]]
     (old / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for part, device in ((tmp_path / "out", result["device"]), (old, "cpu")):
-        medical.main(["--merge", str(part), "--json"])
-        merged = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        medical.main(["--merge", str(part), "--compare", "dual - central", "--json"])
+        out = capsys.readouterr().out
+        merged = json.loads(out.strip().splitlines()[-1])
         assert merged["device"] == device
         assert [r["mean_score"] for r in merged["results"]] == [r["mean_score"] for r in result["results"]]
         assert {(p["task"], p["method"], p["comparison"], p["mean"]) for p in merged["paired"]} == {
             (p["task"], p["method"], p["comparison"], p["mean"]) for p in result["paired"]
         }
+        # --compare of dual and central is the benchmark's own dual-central row, for each task
+        own = {
+            p["task"]: p["mean"]
+            for p in merged["paired"]
+            if (p["method"], p["comparison"]) == ("dual", "dual-central")
+        }
+        assert {c["task"]: c["mean"] for c in merged["compare"]} == pytest.approx(own) and len(own) == 2
+        assert out.count("| dual | central |") == 2
 
 
 def impression_rows(per_specialty: int = 24) -> list[dict]:
