@@ -714,6 +714,8 @@ def paired(results: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
                 comparisons.append((f"{codec}-lossless", lossless, units(lossless, topology)))
             for name, baseline, other in comparisons:
                 keys = sorted(set(dual) & set(other))
+                if not keys:  # merged runs of other seeds: nothing to pair
+                    continue
                 mean, lo, hi = bootstrap_ci([dual[k] - other[k] for k in keys], n_boot)
                 out.append(
                     {

@@ -176,6 +176,9 @@ def test_a_lossy_dual_is_paired_with_its_lossless_twin():
     }
     assert rows["pipeline-lossless"]["mean"] == pytest.approx(-0.015)
     assert rows["pipeline-lossless"]["ci95"][0] <= -0.015 <= rows["pipeline-lossless"]["ci95"][1]
+    # a baseline that ran only on other seeds (merged files) gives no row, not a NaN one
+    central = [{**row("central", 5, [0.5, 0.5]), "topology": "none"}]
+    assert not [r for r in medical.paired(results + central, n_boot=200) if r["comparison"] == "dual-central"]
 
 
 def test_compare_pairs_any_two_methods_by_seed_and_site():
