@@ -26,7 +26,7 @@ import torch
 
 from fedpeer.tensors import State, StateView
 
-__all__ = ["add_", "consensus_distance", "difference", "mix", "zeros_like"]
+__all__ = ["add_", "consensus_distance", "difference", "mix", "state_norm", "zeros_like"]
 
 
 def zeros_like(x: StateView) -> State:
@@ -85,6 +85,11 @@ def consensus_distance(x: StateView, x_hat_neighbours: Mapping[str, StateView]) 
         _same_keys(x, x_hat_j, f"x_hat_neighbours[{j!r}]")
         total += sum(float((x[k].double() - _like(x_hat_j[k], x[k]).double()).pow(2).sum()) for k in x)
     return math.sqrt(total / len(x_hat_neighbours))
+
+
+def state_norm(x: StateView) -> float:
+    """sqrt(Σ_keys ||x||²), in float64."""
+    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in x.values()))
 
 
 def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -133,7 +133,7 @@ class Node:
                 choco.consensus_distance(x_new, self.copies.x_hats(heard)) if heard else math.nan
             )
             self.heard_any = self.heard_any or bool(heard)
-            if warning := self.distance_watch.observe(self.last_distance):
+            if warning := self.distance_watch.observe(self.last_distance, choco.state_norm(x_new)):
                 log.warning("%s: %s", self.cfg.node_id, warning)
 
         self.phase = "evaluating"

@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from fedpeer.gossip import choco
 from fedpeer.gossip.dp import PrivacyReport
 from fedpeer.gossip.robust import ClipReport
 from fedpeer.metrics import AUTO_METRICS, RoundRecord
@@ -82,7 +83,7 @@ def round_record(r: RoundOutcome, timer: Timer, io: RoundIO) -> RoundRecord:
         round_s=time.perf_counter() - timer.start,
         consensus_distance=r.consensus_distance,
         mix_weight=r.mix_weight,
-        global_norm=math.sqrt(sum(float(v.double().pow(2).sum()) for v in r.global_state.values())),
+        global_norm=choco.state_norm(r.global_state),
         neighbours_heard=r.heard,
         neighbours_reached=r.sent.reached,
         resynced=r.resynced,

@@ -246,7 +246,8 @@ class SimMesh:
         t_mix = time.perf_counter()
         distances = self._mix(edges, public)
         mix_s = (time.perf_counter() - t_mix) / n
-        self._watch(t, distances)
+        norms = self.x.double().pow(2).sum(dim=1).sqrt().tolist()
+        self._watch(t, distances, norms)
 
         finished = self.blocks.call(
             "finish", [(t, _within(trained, lo, hi), self.x[lo:hi]) for lo, hi in ranges]
@@ -260,17 +261,16 @@ class SimMesh:
         for i, ev in evaluations.items():
             self.last_eval_loss[i] = ev.get("eval_loss", math.nan)
 
-        norms = self.x.double().pow(2).sum(dim=1).sqrt().tolist()
         records = self._records(
             t, edges, sent, pis, losses, evaluations, distances, norms, train_s, eval_s, mix_s
         )
         return RoundResult(t, time.perf_counter() - t0, trained, records)
 
-    def _watch(self, t: int, distances: list[float]) -> None:
+    def _watch(self, t: int, distances: list[float], norms: list[float]) -> None:
         said = [
             (name, w)
-            for name, watch, d in zip(self.names, self.watches, distances, strict=True)
-            if (w := watch.observe(d))
+            for name, watch, d, norm in zip(self.names, self.watches, distances, norms, strict=True)
+            if (w := watch.observe(d, norm))
         ]
         if said:
             name, warning = said[0]
