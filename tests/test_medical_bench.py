@@ -151,58 +151,49 @@ def test_bootstrap_ci_known_cases():
     )
 
 
+def result_row(method, seed, scores, topology="ring"):
+    """One run's row of benchmark results: task "t", 2 sites, alpha 0.3, node<i> scoring scores[i]."""
+    per_site = {f"node{i}": v for i, v in enumerate(scores)}
+    return {
+        "task": "t",
+        "sites": 2,
+        "alpha": 0.3,
+        "method": method,
+        "topology": topology,
+        "seed": seed,
+        "per_site": per_site,
+    }
+
+
 def test_a_lossy_dual_is_paired_with_its_lossless_twin():
     medical = load_benchmark()
     assert medical.lossless_twin("dual+codec=pipeline+gamma=0.5+budget_bytes=2600") == "dual"
     assert medical.lossless_twin("dual+dual_head=local+codec=fp16") == "dual+dual_head=local"
     assert medical.lossless_twin("dual+dual_head=local") is None and medical.lossless_twin("dual") is None
 
-    def row(method, seed, scores):
-        per_site = {f"node{i}": v for i, v in enumerate(scores)}
-        return {
-            "task": "t",
-            "sites": 2,
-            "alpha": 0.3,
-            "method": method,
-            "topology": "ring",
-            "seed": seed,
-            "per_site": per_site,
-        }
-
     lossy = "dual+codec=pipeline+gamma=0.5"
-    results = [row("dual", s, [0.6, 0.7]) for s in (0, 1)] + [row(lossy, s, [0.58, 0.69]) for s in (0, 1)]
+    results = [result_row("dual", s, [0.6, 0.7]) for s in (0, 1)]
+    results += [result_row(lossy, s, [0.58, 0.69]) for s in (0, 1)]
     rows = {
         r["comparison"]: r for r in medical.paired(results, n_boot=200) if r.get("method", lossy) == lossy
     }
     assert rows["pipeline-lossless"]["mean"] == pytest.approx(-0.015)
     assert rows["pipeline-lossless"]["ci95"][0] <= -0.015 <= rows["pipeline-lossless"]["ci95"][1]
     # a baseline that ran only on other seeds (merged files) gives no row, not a NaN one
-    central = [{**row("central", 5, [0.5, 0.5]), "topology": "none"}]
+    central = [result_row("central", 5, [0.5, 0.5], "none")]
     assert not [r for r in medical.paired(results + central, n_boot=200) if r["comparison"] == "dual-central"]
 
 
 def test_compare_pairs_any_two_methods_by_seed_and_site():
     medical = load_benchmark()
 
-    def row(method, topology, seed, scores):
-        per_site = {f"node{i}": v for i, v in enumerate(scores)}
-        return {
-            "task": "t",
-            "sites": 2,
-            "alpha": 0.3,
-            "method": method,
-            "topology": topology,
-            "seed": seed,
-            "per_site": per_site,
-        }
-
     a, b = "global+rounds=32+prior=0.5", "local+rounds=16"
     results = [
-        row(a, "ring", 0, [0.6, 0.7]),
-        row(a, "ring", 1, [0.5, 0.9]),
-        row(b, "none", 0, [0.5, 0.7]),
-        row(b, "none", 1, [0.6, 0.6]),
-        row(b, "none", 2, [0.1, 0.1]),  # no partner: left out
+        result_row(a, 0, [0.6, 0.7]),
+        result_row(a, 1, [0.5, 0.9]),
+        result_row(b, 0, [0.5, 0.7], "none"),
+        result_row(b, 1, [0.6, 0.6], "none"),
+        result_row(b, 2, [0.1, 0.1], "none"),  # no partner: left out
     ]
     (c,) = medical.compare(results, [f"{a} - {b}"], n_boot=500)
     assert (c["method"], c["baseline"], c["n_pairs"], c["seeds"]) == (a, b, 4, [0, 1])
@@ -217,7 +208,7 @@ def test_compare_pairs_any_two_methods_by_seed_and_site():
     with pytest.raises(SystemExit, match="no \\(seed, site\\) has both.*local\\+rounds=16@none"):
         medical.compare(results, [f"dual - {b}"], n_boot=10)
     with pytest.raises(SystemExit, match="several topologies.*@TOPOLOGY"):
-        medical.compare([*results, row(a, "complete", 0, [0.6, 0.7])], [f"{a} - {b}"], n_boot=10)
+        medical.compare([*results, result_row(a, 0, [0.6, 0.7], "complete")], [f"{a} - {b}"], n_boot=10)
     assert medical._seed_list([2, 3, 4, 7, 9, 10]) == "2-4, 7, 9-10"
 
 
