@@ -133,7 +133,8 @@ class Node:
                 choco.consensus_distance(x_new, self.copies.x_hats(heard)) if heard else math.nan
             )
             self.heard_any = self.heard_any or bool(heard)
-            if warning := self.distance_watch.observe(self.last_distance, choco.state_norm(x_new)):
+            norm = choco.state_norm(x_new)
+            if warning := self.distance_watch.observe(self.last_distance, norm):
                 log.warning("%s: %s", self.cfg.node_id, warning)
 
         self.phase = "evaluating"
@@ -156,7 +157,7 @@ class Node:
             resynced,
             self.last_distance,
             self.sender.pi,
-            self.dual.global_state(),
+            norm,
             clip=clip,
             privacy=self.last_privacy,
         )

@@ -9,13 +9,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from fedpeer.gossip import choco
 from fedpeer.gossip.dp import PrivacyReport
 from fedpeer.gossip.robust import ClipReport
 from fedpeer.metrics import AUTO_METRICS, RoundRecord
 from fedpeer.node.neighbours import SendReport
 from fedpeer.node.service import RoundIO
-from fedpeer.tensors import StateView
 from fedpeer.wire.frames import Frame
 
 
@@ -55,7 +53,7 @@ class RoundOutcome:
     resynced: list[str]
     consensus_distance: float
     mix_weight: float
-    global_state: StateView
+    global_norm: float  # of the mixed global state
     clip: ClipReport | None = None  # gossip.robust / norm_bound on
     privacy: PrivacyReport | None = None  # gossip.dp on
 
@@ -83,7 +81,7 @@ def round_record(r: RoundOutcome, timer: Timer, io: RoundIO) -> RoundRecord:
         round_s=time.perf_counter() - timer.start,
         consensus_distance=r.consensus_distance,
         mix_weight=r.mix_weight,
-        global_norm=choco.state_norm(r.global_state),
+        global_norm=r.global_norm,
         neighbours_heard=r.heard,
         neighbours_reached=r.sent.reached,
         resynced=r.resynced,
