@@ -191,11 +191,9 @@ def parse_bool(value: str) -> bool:
     raise ValueError(value)
 
 
-def node_adapters(
-    run_dir: Path, node_ids: list[str], best: bool = False
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Each node's last checkpointed adapter state (global incl. frozen A_g, local, head); best: the
-    state of its best-evaluated round instead (train.keep_best)."""
+def node_checkpoints(run_dir: Path, node_ids: list[str], best: bool = False) -> dict[str, Any]:
+    """Each node's last checkpoint; best: the checkpoint of its best-evaluated round instead
+    (train.keep_best)."""
     from fedpeer import checkpoint
     from fedpeer.node.state import load_best
 
@@ -203,8 +201,15 @@ def node_adapters(
     for node_id in node_ids:
         ck = load_best(run_dir / node_id) if best else checkpoint.load(run_dir / node_id)
         assert ck is not None, f"no {'best round' if best else 'checkpoint'} in {run_dir / node_id}"
-        out[node_id] = ck.group("adapter")
+        out[node_id] = ck
     return out
+
+
+def node_adapters(
+    run_dir: Path, node_ids: list[str], best: bool = False
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Each node's adapter state (global incl. frozen A_g, local, head) of `node_checkpoints`."""
+    return {k: ck.group("adapter") for k, ck in node_checkpoints(run_dir, node_ids, best).items()}
 
 
 def joiner_curves(

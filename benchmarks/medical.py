@@ -105,6 +105,7 @@ import torch
 from fedpeer.config import AdapterConfig
 from fedpeer.datasets.clinical import write_pooled
 from fedpeer.model.dual_lora import DualLora, load_dual_lora, resolve_device
+from fedpeer.node.state import prior_of
 from fedpeer.scenario.runner import prepare_for_memory, run_inprocess
 from fedpeer.scenario.spec import PreparedScenario, parse_scenario
 from fedpeer.train.loop import LocalTrainer
@@ -117,7 +118,7 @@ from common_learning import (  # noqa: E402
     joiner_curves,
     log,
     minilm_path,
-    node_adapters,
+    node_checkpoints,
     overrides,
     parse_bool,
     smollm2_path,
@@ -229,6 +230,10 @@ class Settings:
     # split of its own training data (val_fraction of it, no longer trained on) instead of the monitor
     # set, and the final scores are those of its best round. off: the last round's model.
     keep_best: str = "off"
+    # train.prior_choices, ":"-separated (e.g. 0.5:1; a method label names a directory): each site
+    # chooses its prior τ among them on the same validation split as keep_best's, every round; the
+    # final scores use the last choice
+    prior_choices: str = ""
     val_fraction: float = 0.15
     # train.device: auto (CUDA when present), cpu, cuda, cuda:N; every node of a run shares it, and
     # train.precision's auto means bf16 autocast there (CPU runs stay fp32 and reproduce exactly)
@@ -502,6 +507,7 @@ def scenario(
             "schedule": s.schedule,
             "proximal": s.proximal,
             "prior": s.prior,
+            "prior_choices": list(parse_choices(s.prior_choices)),
             "frozen_cache_mb": s.frozen_cache_mb,
             "keep_best": s.keep_best,
             "eval_fraction": s.val_fraction,
@@ -535,12 +541,13 @@ def prepare_run(
     spec = parse_scenario(scenario(s, method, topology, seed, model, labels, files))
     prepared = prepare_for_memory(spec, out)
     # Each node scores its small monitor set every round; the full eval set is scored once at the end.
-    # With keep_best the rounds are scored on a validation split of the site's training data instead:
-    # choosing a round by the eval set would report a score the site could not have known.
+    # With keep_best or prior_choices the rounds are scored on a validation split of the site's
+    # training data instead: choosing a round or a prior by the eval set would report a score the site
+    # could not have known.
+    validates = s.keep_best != "off" or s.prior_choices != ""
     nodes = tuple(
         dataclasses.replace(
-            cfg,
-            train=dataclasses.replace(cfg.train, eval_data="" if s.keep_best != "off" else str(f["monitor"])),
+            cfg, train=dataclasses.replace(cfg.train, eval_data="" if validates else str(f["monitor"]))
         )
         for cfg, f in zip(prepared.nodes, files, strict=True)
     )
@@ -570,20 +577,23 @@ def run_one(
     ids = [c.node_id for c in prepared.nodes]
     t0 = time.perf_counter()
     if method == "central":
-        if s.keep_best != "off":
+        if s.keep_best != "off" or s.prior_choices:
             raise SystemExit(
-                "keep_best is a setting of the mesh methods and local: central has no rounds to keep"
+                "keep_best and prior_choices are settings of the mesh methods and local: central has no "
+                "rounds to keep and no site validation split to choose a prior on (use prior=τ)"
             )
         pooled = write_pooled([Path(f["train"]).parent for f in files], run_dir / "pooled.jsonl", seed=seed)
         _, dual = train_central(prepared, pooled, s.steps * s.sites, s.rounds, seed)
-        states = None
+        states, priors = None, {c.node_id: c.train.prior for c in prepared.nodes}
     else:
         run_inprocess(prepared)
         cfg = prepared.nodes[0]
         dual = load_dual_lora(cfg.model, cfg.adapter, resolve_device(cfg.train.device), seed)
-        states = node_adapters(run_dir, ids, best=s.keep_best != "off")
+        cks = node_checkpoints(run_dir, ids, best=s.keep_best != "off")
+        states = {k: ck.group("adapter") for k, ck in cks.items()}
+        priors = {c.node_id: prior_of(c.train, cks[c.node_id].meta) for c in prepared.nodes}
     train_s = time.perf_counter() - t0
-    own, test = evaluate_sites(prepared, dual, states, files)
+    own, test = evaluate_sites(prepared, dual, states, priors, files)
     wall = time.perf_counter() - t0
     write_run_json(run_dir, label, topology, seed, wall)
     return {
@@ -594,6 +604,7 @@ def run_one(
         "per_site": own,
         "shared_test_mean": statistics.fmean(test.values()),
         "shared_test_per_site": test,
+        **({"prior_per_site": priors} if s.prior_choices else {}),
         "bytes_per_link_round": bytes_per_link_round(run_dir),
         "device": device_name(s.device),
         "train_s": train_s,
@@ -602,11 +613,16 @@ def run_one(
 
 
 def evaluate_sites(
-    prepared: PreparedScenario, dual: DualLora, states: dict[str, Any] | None, files: list
+    prepared: PreparedScenario,
+    dual: DualLora,
+    states: dict[str, Any] | None,
+    priors: dict[str, float],
+    files: list,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """The score of each site's model on its own eval set and on the shared test set (states None: one
-    model for every site, scored once on the test set). The test set is the global view: its mix is no
-    site's, so it is scored without train.prior. Generation scores only the sites' own eval sets:
+    """The score of each site's model on its own eval set, with the site's label prior at the τ of
+    `priors` (train.prior, or what train.prior_choices chose), and on the shared test set (states None:
+    one model for every site, scored once on the test set). The test set is the global view: its mix
+    is no site's, so it is scored without a prior. Generation scores only the sites' own eval sets:
     greedy decoding of the test set by every site would cost more than the training."""
     threads = torch.get_num_threads()
     torch.set_num_threads(_cores())
@@ -615,7 +631,7 @@ def evaluate_sites(
         for cfg, f in zip(prepared.nodes, files, strict=True):
             if states is not None:
                 dual.load_adapter_state(states[cfg.node_id])
-            own[cfg.node_id] = _score(dual, cfg, f["eval"])
+            own[cfg.node_id] = _score(dual, cfg, f["eval"], prior=priors[cfg.node_id])
             if cfg.model.task != "seq-cls":
                 test[cfg.node_id] = float("nan")
             elif states is not None or not test:
@@ -627,13 +643,11 @@ def evaluate_sites(
     return own, test
 
 
-def _score(dual: DualLora, cfg: Any, data: Path, prior: float | None = None) -> float:
+def _score(dual: DualLora, cfg: Any, data: Path, prior: float) -> float:
     """macro-F1 (classifier) or ROUGE-L of greedy continuations of every eval prompt (causal LM). The
-    site's training file stays `data`: train.prior (or `prior` when given) takes the site's label prior
-    from it."""
-    train = dataclasses.replace(cfg.train, eval_data=str(data), batch_size=64)
-    if prior is not None:
-        train = dataclasses.replace(train, prior=prior)
+    site's training file stays `data`: the label prior at τ = `prior` is taken from it. Nothing is
+    chosen on the data scored (no prior_choices)."""
+    train = dataclasses.replace(cfg.train, eval_data=str(data), batch_size=64, prior=prior, prior_choices=())
     if cfg.model.task == "seq-cls":
         return float(LocalTrainer(dual, cfg.model, train).evaluate()["macro_f1"])
     trainer = LocalTrainer(dual, cfg.model, train, eval_generate=1_000_000)
@@ -1065,14 +1079,23 @@ def late_joiner_table(late: list[dict[str, Any]], n_boot: int) -> list[str]:
 
 
 def variant_settings(opts: Sequence[str]) -> dict[str, Any]:
-    """FIELD=VALUE overrides of Settings, typed like the field's default."""
+    """FIELD=VALUE overrides of Settings, typed like the field's default (KeyError, ValueError)."""
     types = {f.name: type(f.default) for f in dataclasses.fields(Settings)}
     out: dict[str, Any] = {}
     for opt in opts:
         name, _, value = opt.partition("=")
         kind = types[name]
         out[name] = parse_bool(value) if kind is bool else kind(value)
+    parse_choices(out.get("prior_choices", ""))
     return out
+
+
+def parse_choices(text: str) -> tuple[float, ...]:
+    """prior_choices "0.5:1" -> (0.5, 1.0); "" -> (). ValueError unless every value is a number >= 0."""
+    values = tuple(float(v) for v in text.split(":")) if text else ()
+    if any(not v >= 0 for v in values):
+        raise ValueError(f"prior_choices {text!r}: values of train.prior are >= 0")
+    return values
 
 
 def parse_plan(methods: Sequence[str], topologies: Sequence[str], ap: argparse.ArgumentParser) -> list:
@@ -1211,6 +1234,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # nodes run as threads: one intra-op thread each
     s = dataclasses.replace(Settings(), **{**(QUICK if a.quick else {}), **overrides(a.set, ap, Settings)})
+    try:
+        parse_choices(s.prior_choices)
+    except ValueError as exc:
+        ap.error(f"--set {exc}: give numbers >= 0 separated by ':', e.g. prior_choices=0.5:1")
     plan = parse_plan(a.methods.split(","), a.topologies.split(","), ap)
     for spec in a.compare:  # before anything slow: both sides must be methods of this run
         missing = [x for x in compare_labels(spec) if x.partition("@")[0] not in {m for m, _ in plan}]

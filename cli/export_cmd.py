@@ -55,7 +55,7 @@ def export(
     from fedpeer.errors import CheckpointError
     from fedpeer.model.dual_lora import load_dual_lora, resolve_device
     from fedpeer.model.export import export_peft
-    from fedpeer.node.state import best_dir, load_best
+    from fedpeer.node.state import best_dir, load_best, prior_of
 
     if best:
         ck = load_best(cfg.state_dir)
@@ -77,13 +77,15 @@ def export(
         )
     dual.load_adapter_state(ck.group("adapter"))
     bias = None
-    if cfg.train.prior > 0 and adapter == "both":  # the config allows a prior on a classifier only
+    tau = prior_of(cfg.train, ck.meta)
+    if tau > 0 and adapter == "both":  # the config allows a prior on a classifier only
         from fedpeer.train.data import load_site_data
         from fedpeer.train.loop import log_prior
 
         labels = [e.label for e in load_site_data(cfg.model, cfg.train)[0]]
-        bias = cfg.train.prior * log_prior(labels, len(cfg.model.labels))
-        typer.echo(f"train.prior = {cfg.train.prior:g}: the site's label prior goes into the head's bias")
+        bias = tau * log_prior(labels, len(cfg.model.labels))
+        how = "chosen by train.prior_choices" if cfg.train.prior_choices else "train.prior"
+        typer.echo(f"prior {tau:g} ({how}): the site's label prior goes into the head's bias")
     path = export_peft(dual, out, adapters=adapter, logit_bias=bias)
     both = "global + local adapters" if cfg.adapter.use_local else "global adapter: no local one"
     what = {"both": both, "global": "global adapter", "local": "local adapter"}[adapter]

@@ -76,6 +76,21 @@ def test_temp_files_of_an_interrupted_best_save_are_removed_at_start(tmp_path: P
     assert load_best(cfg.state_dir) is not None
 
 
+def test_the_best_round_keeps_the_prior_it_was_scored_with(tmp_path: Path) -> None:
+    # train.prior_choices: the τ chosen in the best round goes with its adapters (export --best uses it).
+    node = build_node(solo_config(tmp_path, rounds=3), MemoryTransport(MemoryNetwork()))
+    script = iter([(2.0, 0.0), (1.0, 0.5), (1.5, 1.0)])
+
+    def evaluate() -> dict[str, float]:
+        loss, node.trainer.prior = next(script)
+        return {"eval_loss": loss, "prior": node.trainer.prior}
+
+    node.trainer.evaluate = evaluate  # type: ignore[method-assign]
+    node.run()
+    best = load_best(tmp_path / "node0")
+    assert best is not None and (best.meta["round"], best.meta["prior"]) == (2, 0.5)
+
+
 def test_off_keeps_nothing(tmp_path: Path) -> None:
     cfg = solo_config(tmp_path, rounds=2, keep_best="off")
     run_scripted(cfg, [2.0, 1.0])

@@ -215,17 +215,16 @@ def test_compare_pairs_any_two_methods_by_seed_and_site():
 def test_the_shared_test_set_is_scored_without_the_site_prior(monkeypatch):
     """train.prior puts a site's own label mix into its predictions; the shared test set is no site's
     mix (the global view), so a site's model is scored there with prior 0 and on its own eval set with
-    its configured prior."""
+    the τ it predicts with (train.prior, or the one train.prior_choices chose)."""
     medical = load_benchmark()
     calls = []
-    monkeypatch.setattr(
-        medical, "_score", lambda dual, cfg, data, prior=None: calls.append((data, prior)) or 0.5
-    )
+    monkeypatch.setattr(medical, "_score", lambda dual, cfg, data, prior: calls.append((data, prior)) or 0.5)
     nodes = [SimpleNamespace(node_id=f"node{i}", model=SimpleNamespace(task="seq-cls")) for i in range(2)]
     files = [{"eval": f"eval{i}", "test": "test"} for i in range(2)]
     dual = SimpleNamespace(load_adapter_state=lambda state: None)
-    medical.evaluate_sites(SimpleNamespace(nodes=nodes), dual, {"node0": {}, "node1": {}}, files)
-    assert calls == [("eval0", None), ("test", 0.0), ("eval1", None), ("test", 0.0)]
+    priors = {"node0": 0.5, "node1": 1.0}  # each site's train.prior, or what prior_choices chose
+    medical.evaluate_sites(SimpleNamespace(nodes=nodes), dual, {"node0": {}, "node1": {}}, priors, files)
+    assert calls == [("eval0", 0.5), ("test", 0.0), ("eval1", 1.0), ("test", 0.0)]
 
 
 def test_split_is_seeded_disjoint_and_gives_each_site_its_eval_set():
@@ -272,7 +271,10 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
         "late_train=6",
         "late_eval=20",
     ]
-    methods = "local,global,dual,central,fedrep,dual-ab,dual-a+dual_head=split,dual+keep_best=macro_f1"
+    methods = (
+        "local,global,dual,central,fedrep,dual-ab,dual-a+dual_head=split,dual+keep_best=macro_f1,"
+        "global+prior_choices=0:100"
+    )
     result = run_benchmark(
         medical, capsys, data, model, tmp_path / "out", "mtsamples,abstracts", methods, settings
     )
@@ -290,6 +292,7 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
             ("dual-ab", "ring"),
             ("dual-a+dual_head=split", "ring"),
             ("dual+keep_best=macro_f1", "ring"),
+            ("global+prior_choices=0:100", "ring"),
         }
     for r in result["results"]:
         assert set(r) >= {"task", "sites", "alpha", "method", "topology", "seed", "mean_score", "per_site"}
@@ -323,6 +326,12 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
     kept = tmp_path / "out" / "mtsamples-n3-a1" / "dual+keep_best=macro_f1-ring-s0"
     assert all((kept / f"node{i}" / "best" / "checkpoint.safetensors").exists() for i in range(3))
     assert not (tmp_path / "out" / "mtsamples-n3-a1" / "dual-ring-s0" / "node0" / "best").exists()
+    # prior_choices: every site's τ is one of its choices
+    for r in result["results"]:
+        assert ("prior_per_site" in r) == (r["method"] == "global+prior_choices=0:100")
+        assert set(r.get("prior_per_site", {}).values()) <= {0.0, 100.0}
+        if "prior_per_site" in r:
+            assert set(r["prior_per_site"]) == set(r["per_site"])
     assert md.count("dual-central") == 8 and "## Late joiner, abstracts (6 training examples, 20 eval)" in md
     assert (tmp_path / "out" / "mtsamples-n3-a1" / "report" / "report.md").exists()
 

@@ -169,6 +169,7 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             weight_decay=0.01,
             proximal=0.5,
             prior=0.5,
+            prior_choices=(0.5, 1.0),
             keep_best="eval_loss",
             max_length=64,
             seed=5,

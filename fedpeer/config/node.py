@@ -211,6 +211,12 @@ class NodeConfig:
             "train.prior",
             'is a class prior: it needs model.task = "seq-cls" (set it to 0 for a causal LM)',
         )
+        require(
+            not self.train.prior_choices or self.model.task == "seq-cls",
+            "train.prior_choices",
+            'are values of a class prior: they need model.task = "seq-cls" '
+            "(leave them empty for a causal LM)",
+        )
         for i, link in enumerate(self.links):
             link.validate(f"links[{i}]")
             require(

@@ -282,6 +282,18 @@ class TrainConfig:
             "MTSamples, intervals reaching 0.0 and -0.6. 0: off; 1: the site's full prior."
         },
     )
+    prior_choices: tuple[float, ...] = field(
+        default=(),
+        metadata={
+            "help": "seq-cls: let the site choose train.prior itself. Each evaluation (every round, on "
+            "eval_data or the hold-out of `data`: never the data you report on) scores the model at each "
+            "of these values and keeps the one with the best macro-F1 (ties: the earlier value); the "
+            "site predicts with it until the next evaluation, and `fedpeer export` puts it into the "
+            "head. The choice is checkpointed (and kept with train.keep_best's best round). A site's own "
+            "training data cannot choose: its prior is exactly that set's mix, so it always prefers 1. "
+            "Empty: train.prior as set."
+        },
+    )
     schedule: str = field(
         default="joint",
         metadata={
@@ -356,6 +368,11 @@ class TrainConfig:
         require(self.shared_lr >= 0, "train.shared_lr", "must be >= 0 (0 = train.lr)")
         require(self.proximal >= 0, "train.proximal", "must be >= 0 (0 = off)")
         require(self.prior >= 0, "train.prior", "must be >= 0 (0 = off)")
+        require(
+            all(tau >= 0 for tau in self.prior_choices),
+            "train.prior_choices",
+            f"must all be >= 0 (values of train.prior), got {list(self.prior_choices)}",
+        )
         require(
             self.keep_best in KEEP_BEST,
             "train.keep_best",

@@ -9,7 +9,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,7 @@ from fedpeer.metrics import FILENAME as METRICS_FILE
 from fedpeer.metrics import RoundRecord, read_records
 
 if TYPE_CHECKING:
+    from fedpeer.config import TrainConfig
     from fedpeer.node.loop import Node
 
 log = logging.getLogger("fedpeer.node")
@@ -86,6 +87,7 @@ def keep_if_best(node: Node, round_: int, evaluation: dict[str, float]) -> bool:
         "round": round_,
         "criterion": criterion,
         "value": value,
+        "prior": node.trainer.prior,  # train.prior, or the one train.prior_choices chose this round
         "fingerprint": node.dual.fingerprint(),
     }
     checkpoint.save(
@@ -100,6 +102,13 @@ def keep_if_best(node: Node, round_: int, evaluation: dict[str, float]) -> bool:
         best_dir(node.cfg.state_dir),
     )
     return True
+
+
+def prior_of(train: TrainConfig, meta: dict[str, Any]) -> float:
+    """The τ of train.prior the site predicted with at a checkpoint (latest or best): the config's,
+    or with train.prior_choices the one chosen then (the config's if none was chosen yet)."""
+    chosen = meta.get("prior", (meta.get("trainer") or {}).get("prior"))
+    return float(chosen) if train.prior_choices and chosen is not None else train.prior
 
 
 def load_best(state_dir: str | Path) -> checkpoint.Checkpoint | None:

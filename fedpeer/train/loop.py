@@ -124,16 +124,16 @@ class LocalTrainer:
         self._head, self._head_slot = _plain_head(dual.model, self.task, self._train_model)
         self._class_weight: torch.Tensor | None = None
         self._loss_prior: torch.Tensor | None = None  # class_weights logit-adjusted: added in the loss
-        self._logit_prior: torch.Tensor | None = None  # train.prior: added to the logits when predicting
+        self._site_prior: torch.Tensor | None = None  # log p_site(class), seq-cls
+        # train.prior's weight τ when predicting; with train.prior_choices, the one evaluate chose last
+        self.prior = train_cfg.prior
         if self.task == "seq-cls":
             labels = [e.label for e in self.train_examples]
-            site_prior = log_prior(labels, len(model_cfg.labels)).to(dual.device)
+            self._site_prior = log_prior(labels, len(model_cfg.labels)).to(dual.device)
             if train_cfg.class_weights == "balanced":
                 self._class_weight = balanced_class_weights(labels, len(model_cfg.labels)).to(dual.device)
             elif train_cfg.class_weights == "logit-adjusted":
-                self._loss_prior = site_prior
-            if train_cfg.prior > 0:
-                self._logit_prior = train_cfg.prior * site_prior
+                self._loss_prior = self._site_prior
         self.rounds = 0
         self.steps = 0
 
@@ -275,35 +275,62 @@ class LocalTrainer:
     def evaluate(self) -> dict[str, float]:
         """eval_loss, plus accuracy and macro_f1 (seq-cls) or perplexity (causal-lm).
 
-        Causal-lm adds rouge_l when eval examples have a prompt: the mean ROUGE-L F1 of greedy
-        continuations of the first `eval_generate` such prompts against their completions. The loss and
-        perplexity of prompt/completion examples are those of the completion tokens given the prompt.
+        seq-cls adds the site's label prior times `self.prior` to the logits (train.prior). With
+        train.prior_choices, it first sets `self.prior` to the choice that scores the best macro-F1 on
+        the eval examples (ties: the earlier choice), reports all metrics at that choice, and adds
+        "prior": the choice. Causal-lm adds rouge_l when eval examples have a prompt: the mean ROUGE-L
+        F1 of greedy continuations of the first `eval_generate` such prompts against their completions.
+        The loss and perplexity of prompt/completion examples are those of the completion tokens given
+        the prompt.
         """
         model = self.dual.model
         model.eval()
         try:
-            loss_sum, count, truth, preds = 0.0, 0, [], []
+            if self.task == "seq-cls":
+                return self._classifier_metrics(*self._eval_logits(model))
+            loss_sum, count = 0.0, 0
             for examples in _chunks(self.eval_examples, self.cfg.batch_size):
                 batch = self._batch(examples)
-                if self.task != "seq-cls" and self._head is not None:
+                if self._head is not None:
                     logits, targets = self._learned_logits(model, examples, batch)
                     batch_loss = float(F.cross_entropy(logits, targets, reduction="sum"))
                     loss_sum, count = loss_sum + batch_loss, count + targets.numel()
                     continue
                 labels = batch.pop("labels")
                 logits = self._forward(model, examples, batch).logits.float()
-                if self._logit_prior is not None:
-                    logits = logits + self._logit_prior
                 batch_loss, batch_count = _loss_sum(logits, labels, self.task)
                 loss_sum, count = loss_sum + batch_loss, count + batch_count
-                if self.task == "seq-cls":
-                    truth += labels.tolist()
-                    preds += logits.argmax(-1).tolist()
-            metrics = _metrics(loss_sum / max(count, 1), truth, preds, self.task)
-            if self.task != "seq-cls":
-                metrics.update(self._generation_metrics(model))
+            metrics = _metrics(loss_sum / max(count, 1), [], [], self.task)
+            metrics.update(self._generation_metrics(model))
         finally:
             model.train()
+        return metrics
+
+    def _eval_logits(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """seq-cls: the model's float logits on every eval example (no prior added), and the labels."""
+        logits, labels = [], []
+        for examples in _chunks(self.eval_examples, self.cfg.batch_size):
+            batch = self._batch(examples)
+            labels.append(batch.pop("labels"))
+            logits.append(self._forward(model, examples, batch).logits.float())
+        if not logits:
+            assert self._site_prior is not None
+            return self._site_prior.new_zeros(0, self._site_prior.numel()), torch.zeros(0, dtype=torch.long)
+        return torch.cat(logits), torch.cat(labels)
+
+    def _classifier_metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Metrics at `self.prior`, after choosing it among train.prior_choices when those are given."""
+        assert self._site_prior is not None
+        truth = labels.tolist()
+        if self.cfg.prior_choices and truth:
+            choices, site = self.cfg.prior_choices, self._site_prior
+            scores = [macro_f1(truth, (logits + tau * site).argmax(-1).tolist()) for tau in choices]
+            self.prior = choices[scores.index(max(scores))]
+        adjusted = logits + self.prior * self._site_prior if self.prior > 0 else logits
+        loss, count = _loss_sum(adjusted, labels, self.task) if truth else (0.0, 0)
+        metrics = _metrics(loss / max(count, 1), truth, adjusted.argmax(-1).tolist(), self.task)
+        if self.cfg.prior_choices:
+            metrics["prior"] = self.prior
         return metrics
 
     def _generation_metrics(self, model: torch.nn.Module) -> dict[str, float]:
@@ -395,6 +422,7 @@ class LocalTrainer:
             "pos": self._order.pos,
             "seed": self._order.seed,
             "num_params": len(self._params),
+            "prior": self.prior,
         }
 
     def load_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
@@ -424,6 +452,10 @@ class LocalTrainer:
             int(meta["pos"]),
         )
         self.rounds, self.steps = int(meta["rounds"]), int(meta["steps"])
+        # The τ chosen before the restart stands until the next evaluation chooses again; without
+        # train.prior_choices the config's train.prior wins, as the config's learning rate does.
+        if self.cfg.prior_choices and "prior" in meta:
+            self.prior = float(meta["prior"])
 
 
 def _prefix_cache(dual: DualLora, model_cfg: ModelConfig, train_cfg: TrainConfig) -> PrefixCache | None:
