@@ -266,3 +266,13 @@ def test_prior_choices_are_refused_where_they_mean_nothing(tmp_path: Path, tiny_
     )
     with pytest.raises(ConfigError, match="train.prior_choices are values of a class prior: they need model"):
         load_node_config(config)
+
+
+def test_the_round_line_shows_the_chosen_prior() -> None:
+    from fedpeer.metrics import RoundRecord
+    from fedpeer.node.record import round_line
+
+    chosen = RoundRecord(round=2, node="n", train_loss=1.0, evaluation={"macro_f1": 0.5, "prior": 0.5})
+    assert "loss 1.0000 macro_f1 0.5000 prior 0.5 | heard" in round_line(3, 2, chosen)
+    plain = RoundRecord(round=2, node="n", train_loss=1.0, evaluation={"macro_f1": 0.5})
+    assert "prior" not in round_line(3, 2, plain)

@@ -289,9 +289,10 @@ class TrainConfig:
             "eval_data or the hold-out of `data`: never the data you report on) scores the model at each "
             "of these values and keeps the one with the best macro-F1 (ties: the earlier value); the "
             "site predicts with it until the next evaluation, and `fedpeer export` puts it into the "
-            "head. The choice is checkpointed (and kept with train.keep_best's best round). A site's own "
-            "training data cannot choose: its prior is exactly that set's mix, so it always prefers 1. "
-            "Empty: train.prior as set."
+            "head. The choice is checkpointed (and kept with train.keep_best's best round). Measured on "
+            "real medical text (docs/results/medical), choices 0.5 and 1 on a 15 % split, a global-only "
+            "mesh, 10 seeds: no gain over a fixed 0.5 (-1.0 and +0.0 points); splits of a few dozen "
+            "examples cannot tell the choices apart. Empty: train.prior as set."
         },
     )
     schedule: str = field(

@@ -108,6 +108,8 @@ def finish(record: RoundRecord, timer: Timer) -> RoundRecord:
 def round_line(total: int, degree: int, r: RoundRecord) -> str:
     """`node0 round 3/8: loss 4.21 eval_loss 4.19 | heard 2/2 reached 2/2 | sent 8.4 kB | ...`"""
     ev = next((f"{k} {v:.4f}" for k in AUTO_METRICS if (v := r.evaluation.get(k)) is not None), "")
+    if (tau := r.evaluation.get("prior")) is not None:  # train.prior_choices: the τ this round chose
+        ev += f" prior {tau:g}"
     distance = r.consensus_distance
     consensus = f"{distance:.3g}" if distance is not None and math.isfinite(distance) else "-"
     heard, reached = len(r.neighbours_heard or ()), len(r.neighbours_reached or ())
