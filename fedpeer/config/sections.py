@@ -275,11 +275,12 @@ class TrainConfig:
             "puts the site's own mix back. Measured on real medical text (docs/results/medical): it "
             "lifts a model trained on other sites' data (a pooled one, a global-only mesh's) and lowers "
             "one whose private part learnt the site's own (local-only, dual: leave it at 0 there). "
-            "A global-only mesh (adapter.use_local = false) for 32 rounds against the best local-only, "
-            "10 seeds: at lr 1.2e-2 with prior 1, +6.4 points on MTSamples (+6.0 with the pipeline codec "
+            "A global-only mesh (adapter.use_local = false) for 32 rounds against the best local-only: "
+            "at lr 1.2e-2 with prior 1, +6.4 points on MTSamples (10 seeds; +6.0 with the pipeline codec "
             "at 16.5x fewer bytes and gossip.gamma 0.5) and -1.1 on Medical Abstracts; at lr 3e-3 with "
-            "prior 0.5, +3.8 on Medical Abstracts (+4.9 with the pipeline codec at 17x) and +3.4 on "
-            "MTSamples, intervals reaching 0.0 and -0.6. 0: off; 1: the site's full prior."
+            "prior 0.5, +1.7 on Medical Abstracts (20 seeds, interval reaching -0.5; +2.3 with the "
+            "pipeline codec at 17x) and +3.4 on MTSamples (10 seeds, reaching -0.6). 0: off; 1: the "
+            "site's full prior."
         },
     )
     prior_choices: tuple[float, ...] = field(
