@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,16 @@ def test_negative_prior_is_refused() -> None:
         dataclasses.replace(TrainConfig(data="x.jsonl"), prior=-0.5).validate()
 
 
-def test_a_causal_lm_site_cannot_set_a_class_prior(tmp_path: Path, tiny_llama_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"prior": 1.0}, 'train.prior is a class prior: it needs model.task = "seq-cls"'),
+        ({"prior_choices": [0.5, 1.0]}, "train.prior_choices are values of a class prior: they need model"),
+    ],
+)
+def test_a_causal_lm_site_cannot_set_a_class_prior(
+    tmp_path: Path, tiny_llama_dir: Path, train: dict, message: str
+) -> None:
     config = tmp_path / "node.toml"
     config.write_text(
         dump_toml(
@@ -106,11 +116,11 @@ def test_a_causal_lm_site_cannot_set_a_class_prior(tmp_path: Path, tiny_llama_di
                 "node_id": "site-a",
                 "state_dir": str(tmp_path / "state"),
                 "model": {"path": str(tiny_llama_dir), "task": "causal-lm"},
-                "train": {"data": "train.jsonl", "prior": 1.0},
+                "train": {"data": "train.jsonl", **train},
             }
         )
     )
-    with pytest.raises(ConfigError, match='train.prior is a class prior: it needs model.task = "seq-cls"'):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_node_config(config)
 
 
@@ -256,22 +266,9 @@ def test_prior_of_a_checkpoint_is_the_chosen_one_only_with_choices() -> None:
     ]
 
 
-def test_prior_choices_are_refused_where_they_mean_nothing(tmp_path: Path, tiny_llama_dir: Path) -> None:
+def test_negative_prior_choices_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"train.prior_choices must all be >= 0"):
         dataclasses.replace(TrainConfig(data="x.jsonl"), prior_choices=(0.5, -1.0)).validate()
-    config = tmp_path / "node.toml"
-    config.write_text(
-        dump_toml(
-            {
-                "node_id": "site-a",
-                "state_dir": str(tmp_path / "state"),
-                "model": {"path": str(tiny_llama_dir), "task": "causal-lm"},
-                "train": {"data": "train.jsonl", "prior_choices": [0.5, 1.0]},
-            }
-        )
-    )
-    with pytest.raises(ConfigError, match="train.prior_choices are values of a class prior: they need model"):
-        load_node_config(config)
 
 
 def test_the_round_line_shows_the_chosen_prior() -> None:
