@@ -10,8 +10,8 @@ The watch counts the rounds in a row in which that distance, divided by the norm
 model, grew. The distance alone also grows while training moves the models away from where they
 started (LoRA's B starts at zero), and on the medical benchmark (docs/results/medical) it grew 8 or 9
 rounds in a row early on at 17 nodes of 9 runs that then converged, lossless ones among them. Over
-all the benchmark's recorded runs (512 node-runs of 128 runs that converged: lossless, fp16, and the
-pipeline codec at γ ≤ 0.65, 8 or 32 rounds; the last 20 recorded after the rule was set) the
+all the benchmark's recorded runs (552 node-runs of 138 runs that converged: lossless, fp16, and the
+pipeline codec at γ ≤ 0.65, 8 or 32 rounds; the last 30 recorded after the rule was set) the
 relative distance never grew more than 4 rounds in a row. In the 8 runs that diverged (γ = 0.8
 over 32 rounds, MTSamples and Medical Abstracts, the shared model and dual), 26 of 32 nodes grew 8
 or more rounds in a row, 10 to 19 at the longest, and every run warned, first at round 15 to 24.
