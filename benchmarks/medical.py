@@ -1030,7 +1030,7 @@ def compare_table(rows: list[dict[str, Any]], config: tuple[str, int, float]) ->
     ]
     for c in rows:
         (lo, hi), (slo, shi) = c["ci95"], c["ci95_seeds"]
-        seeds = _seed_list(c["seeds"])
+        seeds = seed_list(c["seeds"])
         per_seed = ", ".join(f"{100 * d:+.1f}" for d in c["per_seed"])
         lines.append(
             f"| {c['method']} | {c['baseline']} | {seeds} | {c['n_pairs']} | {100 * c['mean']:+.1f} | "
@@ -1039,7 +1039,7 @@ def compare_table(rows: list[dict[str, Any]], config: tuple[str, int, float]) ->
     return lines
 
 
-def _seed_list(seeds: Sequence[int]) -> str:
+def seed_list(seeds: Sequence[int]) -> str:
     """2, 3, 4, 7 -> "2-4, 7"."""
     spans: list[list[int]] = []
     for seed in seeds:

@@ -209,7 +209,7 @@ def test_compare_pairs_any_two_methods_by_seed_and_site():
         medical.compare(results, [f"dual - {b}"], n_boot=10)
     with pytest.raises(SystemExit, match="several topologies.*@TOPOLOGY"):
         medical.compare([*results, result_row(a, 0, [0.6, 0.7], "complete")], [f"{a} - {b}"], n_boot=10)
-    assert medical._seed_list([2, 3, 4, 7, 9, 10]) == "2-4, 7, 9-10"
+    assert medical.seed_list([2, 3, 4, 7, 9, 10]) == "2-4, 7, 9-10"
 
 
 def test_the_shared_test_set_is_scored_without_the_site_prior(monkeypatch):
@@ -360,6 +360,52 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
         }
         assert {c["task"]: c["mean"] for c in merged["compare"]} == pytest.approx(own) and len(own) == 2
         assert out.count("| dual | central |") == 2
+
+
+def test_mix_screen_scores_the_kept_runs_and_their_mixes(tmp_path, capsys):
+    """benchmarks/mix_screen.py over a kept --out directory: weight 1 is the local model and weight 0
+    at the shared run's τ the shared model, each exactly as medical.py scored them."""
+    medical = load_benchmark()
+    spec = importlib.util.spec_from_file_location("mix_screen", ROOT / "benchmarks" / "mix_screen.py")
+    mix = importlib.util.module_from_spec(spec)
+    sys.modules["mix_screen"] = mix  # dataclasses look their module up there
+    spec.loader.exec_module(mix)
+    data = tmp_path / "data"
+    write_jsonl(data / "medical_abstracts_test.jsonl", abstracts_rows())
+    model = build_tiny_model(
+        tmp_path / "bert",
+        arch="bert",
+        task="seq-cls",
+        corpus=[r["text"] for r in abstracts_rows()],
+        labels=sorted(ABSTRACT_CLASSES),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+    )
+    settings = ["rounds=2", "steps=2", "batch=8", "max_length=32", "eval_min=6", "min_site=12", "monitor=4"]
+    out = tmp_path / "out"
+    result = run_benchmark(medical, capsys, data, model, out, "abstracts", "local,global+prior=0.5", settings)
+    scored = {r["method"]: r["per_site"] for r in result["results"]}
+    rows_file = tmp_path / "rows.jsonl"
+    args = [str(out), "--task", "abstracts", "--local", "local", "--shared", "global+prior=0.5"]
+    args += ["--weights", "0,0.5,1", "--priors", "0.5", "--model", str(model), "--rows", str(rows_file)]
+    threads = torch.get_num_threads()
+    try:
+        mix.main([*args, "--n-boot", "200", "--json"])
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = {r["site"]: r for r in map(json.loads, rows_file.read_text().splitlines())}
+    assert summary["pairs"] == 3 and summary["seeds"] == [0] and set(rows) == {"node0", "node1", "node2"}
+    for site, r in rows.items():
+        assert r["local"] == r["logmix w1 t0.5"] == r["pmix w1 t0.5"] == pytest.approx(scored["local"][site])
+        assert r["shared"] == r["logmix w0 t0.5"] == pytest.approx(scored["global+prior=0.5"][site])
+    means = {e["mix"]: e for e in summary["mixes"]}
+    assert means["local"]["minus_local"] == {"mean": 0.0, "ci95": [0.0, 0.0]}
+    assert means["shared"]["mean"] == pytest.approx(result["results"][1]["mean_score"])
+    with pytest.raises(SystemExit):  # a run directory without the shared runs asked for
+        mix.main([*args[:5], "dual", "--model", str(model)])
 
 
 def impression_rows(per_specialty: int = 24) -> list[dict]:

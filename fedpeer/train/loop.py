@@ -306,6 +306,27 @@ class LocalTrainer:
             model.train()
         return metrics
 
+    @torch.no_grad()
+    def eval_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """seq-cls: the model's float logits on every eval example, no prior added, and their labels
+        (what `evaluate` scores; for analyses that combine several models' predictions)."""
+        if self.task != "seq-cls":
+            raise ValueError("eval_logits: only a seq-cls model has class logits")
+        model = self.dual.model
+        model.eval()
+        try:
+            return self._eval_logits(model)
+        finally:
+            model.train()
+
+    @property
+    def site_log_prior(self) -> torch.Tensor:
+        """seq-cls: log of each class's share of the site's training labels (train.prior adds it to
+        the logits, times τ)."""
+        if self._site_prior is None:
+            raise ValueError("site_log_prior: only a seq-cls model has a label prior")
+        return self._site_prior
+
     def _eval_logits(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """seq-cls: the model's float logits on every eval example (no prior added), and the labels."""
         logits, labels = [], []
