@@ -16,7 +16,7 @@ with the shared run's own τ is the shared model as medical.py scored it.
 Prints, per mix, the mean personalized macro-F1 and its paired differences (by seed and site) with
 the shared and the local model, with percentile bootstrap 95 % intervals; --rows FILE writes every
 site's scores; --json ends with one JSON object. It trains nothing: it reads the checkpoints and scores
-(several seconds per site and model on a CPU). Results: docs/results/medical (the averaging sections).
+(20 s for 4 sites of 2 seeds on a 2-core CPU). Results: docs/results/medical (the averaging sections).
 """
 
 from __future__ import annotations

@@ -404,8 +404,9 @@ def test_mix_screen_scores_the_kept_runs_and_their_mixes(tmp_path, capsys):
     means = {e["mix"]: e for e in summary["mixes"]}
     assert means["local"]["minus_local"] == {"mean": 0.0, "ci95": [0.0, 0.0]}
     assert means["shared"]["mean"] == pytest.approx(result["results"][1]["mean_score"])
-    with pytest.raises(SystemExit):  # a run directory without the shared runs asked for
-        mix.main([*args[:5], "dual", "--model", str(model)])
+    with pytest.raises(SystemExit):  # no dual runs kept there: says so and exits 2
+        mix.main([*args[:5], "--shared", "dual", "--model", str(model)])
+    assert "no seed has both a 'local' and a 'dual' run" in capsys.readouterr().err
 
 
 def impression_rows(per_specialty: int = 24) -> list[dict]:
