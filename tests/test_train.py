@@ -14,51 +14,41 @@ import torch
 import torch.nn.functional as F
 
 from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
-from fedpeer.datasets.synth import DEMO_LABELS, write_demo_sites
+from fedpeer.datasets.synth import DEMO_LABELS
 from fedpeer.errors import ConfigError, DataError
 from fedpeer.model import DualLora, load_dual_lora
 from fedpeer.train import LocalTrainer, macro_f1, make_batch, read_jsonl, split_examples
 from fedpeer.train.data import IGNORE_INDEX, Example, split_prompt
 from fedpeer.train.loop import balanced_class_weights
+from tests.trainutil import TASKS, TrainSetup, demo_site_per_task, make_trainer, task_setup
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sites")
-    return {
-        task: write_demo_sites(root / task, 1, task=task, n_train=48, n_eval=16)[0]
-        for task in ("causal-lm", "seq-cls")
-    }
+    return demo_site_per_task(tmp_path_factory.mktemp("sites"), n_train=48, n_eval=16)
 
 
-@pytest.fixture(params=["causal-lm", "seq-cls"])
+@pytest.fixture(params=TASKS)
 def setup(
     request: pytest.FixtureRequest, tiny_llama_dir: Path, tiny_bert_cls_dir: Path, sites: dict[str, Path]
-) -> tuple[ModelConfig, AdapterConfig, TrainConfig]:
+) -> TrainSetup:
     task = request.param
-    path, labels = (tiny_llama_dir, ()) if task == "causal-lm" else (tiny_bert_cls_dir, DEMO_LABELS)
-    site = sites[task]
-    return (
-        ModelConfig(path=str(path), task=task, labels=labels),
+    return task_setup(
+        task,
+        tiny_llama_dir if task == "causal-lm" else tiny_bert_cls_dir,
+        sites[task],
         AdapterConfig(rank=4, alpha=8.0, dropout=0.1),
-        TrainConfig(
-            data=str(site / "train.jsonl"),
-            eval_data=str(site / "eval.jsonl"),
-            steps_per_round=3,
-            batch_size=8,
-            lr=5e-3,
-            max_length=64,
-            device="cpu",
-        ),
+        steps_per_round=3,
+        batch_size=8,
+        lr=5e-3,
+        max_length=64,
     )
 
 
-def trainer(setup: tuple, device: torch.device = CPU, **train: object) -> LocalTrainer:
-    model_cfg, adapter_cfg, train_cfg = setup
-    dual = load_dual_lora(model_cfg, adapter_cfg, device, local_seed=1)
-    return LocalTrainer(dual, model_cfg, dataclasses.replace(train_cfg, **train))
+def trainer(setup: TrainSetup, device: torch.device = CPU, **train: object) -> LocalTrainer:
+    return make_trainer(setup, device, **train)
 
 
 def all_weights(dual: DualLora) -> dict[str, torch.Tensor]:

@@ -9,53 +9,41 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
-from fedpeer.datasets.synth import DEMO_LABELS, write_demo_sites
+from fedpeer.config import AdapterConfig
 from fedpeer.model import load_dual_lora
 from fedpeer.model.prefix import FrozenPrefix
-from fedpeer.train import LocalTrainer
 from fedpeer.train.prefix_cache import RowStore
+from tests.trainutil import TASKS, TrainSetup, demo_site_per_task, make_trainer, task_setup
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sites")
-    return {
-        task: write_demo_sites(root / task, 1, task=task, n_train=40, n_eval=12)[0]
-        for task in ("causal-lm", "seq-cls")
-    }
+    return demo_site_per_task(tmp_path_factory.mktemp("sites"), n_train=40, n_eval=12)
 
 
-@pytest.fixture(params=["causal-lm", "seq-cls"])
+@pytest.fixture(params=TASKS)
 def setup(
     request: pytest.FixtureRequest, tiny_llama_dir: Path, tiny_bert_cls_dir: Path, sites: dict[str, Path]
-) -> tuple[ModelConfig, AdapterConfig, TrainConfig]:
+) -> TrainSetup:
     task = request.param
-    path, labels = (tiny_llama_dir, ()) if task == "causal-lm" else (tiny_bert_cls_dir, DEMO_LABELS)
-    site = sites[task]
-    return (
-        ModelConfig(path=str(path), task=task, labels=labels, dropout=False),
+    return task_setup(
+        task,
+        tiny_llama_dir if task == "causal-lm" else tiny_bert_cls_dir,
+        sites[task],
         # The tiny models have 2 blocks: block 0 is the frozen prefix, block 1 carries the adapters.
         AdapterConfig(rank=4, alpha=8.0, last_k_blocks=1, head="local"),
-        TrainConfig(
-            data=str(site / "train.jsonl"),
-            eval_data=str(site / "eval.jsonl"),
-            steps_per_round=4,
-            batch_size=6,  # 40 examples: later rounds revisit examples in batches of other widths
-            lr=2e-2,
-            max_length=48,
-            device="cpu",
-            class_weights="balanced" if task == "seq-cls" else "none",
-        ),
+        model={"dropout": False},
+        steps_per_round=4,
+        batch_size=6,  # 40 examples: later rounds revisit examples in batches of other widths
+        lr=2e-2,
+        max_length=48,
+        class_weights="balanced" if task == "seq-cls" else "none",
     )
 
 
-def trainer(setup: tuple, **train: object) -> LocalTrainer:
-    model_cfg, adapter_cfg, train_cfg = setup
-    dual = load_dual_lora(model_cfg, adapter_cfg, CPU, local_seed=1)
-    return LocalTrainer(dual, model_cfg, dataclasses.replace(train_cfg, **train))
+trainer = make_trainer
 
 
 def test_cached_training_matches_uncached(setup: tuple) -> None:
