@@ -120,6 +120,7 @@ def train_central(
                         round_s=time.perf_counter() - t0,
                     )
                 )
+            log(f"     central round {t}/{rounds}: train loss {loss:.4f}, {time.perf_counter() - t0:.0f} s")
     finally:
         torch.set_num_threads(threads)
     return time.perf_counter() - t0, dual
