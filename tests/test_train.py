@@ -47,8 +47,7 @@ def setup(
     )
 
 
-def trainer(setup: TrainSetup, device: torch.device = CPU, **train: object) -> LocalTrainer:
-    return make_trainer(setup, device, **train)
+trainer = make_trainer
 
 
 def all_weights(dual: DualLora) -> dict[str, torch.Tensor]:
