@@ -85,45 +85,88 @@ def isolate(prepared: PreparedScenario) -> PreparedScenario:
     return dataclasses.replace(prepared, nodes=nodes)
 
 
+@dataclasses.dataclass
+class PooledModel:
+    """The pooled (central) model once trained, and what every round's evaluation saw on each site's
+    held-out data: (train loss, elapsed s, site -> (logits, labels) for seq-cls or its metrics). Its
+    training does not depend on the label prior τ (train.prior only scores), so a run that scores the
+    same model at another τ writes its per-round metrics from these (`write_central_metrics`)."""
+
+    dual: DualLora
+    train_s: float
+    rounds: list[tuple[float, float, dict[str, Any]]]
+
+
+def _site_evaluators(prepared: PreparedScenario, dual: DualLora) -> dict[str, LocalTrainer]:
+    """The central model, evaluated on each site's own held-out data (at the run's train.prior)."""
+    first = prepared.nodes[0]
+    return {
+        c.node_id: LocalTrainer(
+            dual,
+            first.model,
+            dataclasses.replace(first.train, data=c.train.data, eval_data=c.train.eval_data),
+        )
+        for c in prepared.nodes
+    }
+
+
+def _write_central_round(
+    writers: dict[str, MetricsWriter],
+    evaluators: dict[str, LocalTrainer],
+    t: int,
+    loss: float,
+    elapsed: float,
+    seen: dict[str, Any],
+) -> None:
+    for node_id, ev in evaluators.items():
+        metrics = ev.classifier_metrics(*seen[node_id]) if ev.task == "seq-cls" else seen[node_id]
+        writers[node_id].write(
+            RoundRecord(
+                round=t, node=node_id, train_loss=loss, evaluation=metrics, bytes_sent=0, round_s=elapsed
+            )
+        )
+
+
 def train_central(
     prepared: PreparedScenario, pooled: Path, steps_per_round: int, rounds: int, seed: int
-) -> tuple[float, DualLora]:
+) -> PooledModel:
     """One model on the pooled data (`pooled`), as many optimizer steps per round as the whole mesh
     (`steps_per_round` is the total); each round it is evaluated on every site's own held-out data and
-    written as that site's metrics. Returns the wall time of the training and evaluation, and the model."""
-    sites = prepared.nodes
-    first = sites[0]
-    central_cfg = dataclasses.replace(
-        first.train, data=str(pooled), eval_data=first.train.eval_data, steps_per_round=steps_per_round
-    )
+    written as that site's metrics. Returns the model, the wall time of training and evaluation, and
+    each round's evaluation."""
+    first = prepared.nodes[0]
+    central_cfg = dataclasses.replace(first.train, data=str(pooled), steps_per_round=steps_per_round)
     dual = load_dual_lora(first.model, first.adapter, resolve_device(first.train.device), local_seed=seed)
     trainer = LocalTrainer(dual, first.model, central_cfg)
-    evaluators = {}
-    for c in sites:  # the central model, evaluated on each site's own held-out data
-        site_cfg = dataclasses.replace(central_cfg, data=c.train.data, eval_data=c.train.eval_data)
-        evaluators[c.node_id] = LocalTrainer(dual, first.model, site_cfg)
-    writers = {c.node_id: MetricsWriter(c.state_dir) for c in sites}
+    evaluators = _site_evaluators(prepared, dual)
+    writers = {c.node_id: MetricsWriter(c.state_dir) for c in prepared.nodes}
+    history: list[tuple[float, float, dict[str, Any]]] = []
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, os.cpu_count() or 1))  # one model: give it every core the mesh would use
     try:
         for t in range(1, rounds + 1):
             loss = trainer.train_round()
-            for node_id, ev in evaluators.items():
-                writers[node_id].write(
-                    RoundRecord(
-                        round=t,
-                        node=node_id,
-                        train_loss=loss,
-                        evaluation=dict(ev.evaluate()),
-                        bytes_sent=0,
-                        round_s=time.perf_counter() - t0,
-                    )
-                )
+            seen = {
+                node_id: ev.eval_logits() if ev.task == "seq-cls" else dict(ev.evaluate())
+                for node_id, ev in evaluators.items()
+            }
+            elapsed = time.perf_counter() - t0
+            history.append((loss, elapsed, seen))
+            _write_central_round(writers, evaluators, t, loss, elapsed, seen)
             log(f"     central round {t}/{rounds}: train loss {loss:.4f}, {time.perf_counter() - t0:.0f} s")
     finally:
         torch.set_num_threads(threads)
-    return time.perf_counter() - t0, dual
+    return PooledModel(dual, time.perf_counter() - t0, history)
+
+
+def write_central_metrics(prepared: PreparedScenario, model: PooledModel) -> None:
+    """Each site's per-round metrics of an already trained pooled model, scored at `prepared`'s
+    train.prior: what `train_central` would have written for this run."""
+    evaluators = _site_evaluators(prepared, model.dual)
+    writers = {c.node_id: MetricsWriter(c.state_dir) for c in prepared.nodes}
+    for t, (loss, elapsed, seen) in enumerate(model.rounds, start=1):
+        _write_central_round(writers, evaluators, t, loss, elapsed, seen)
 
 
 def write_run_json(run_dir: Path, method: str, topology: str, seed: int, wall: float, **extra: Any) -> None:

@@ -150,7 +150,7 @@ def run_central(s: Settings, seed: int, model: str, out: Path) -> Path:
     prepared = prepare_for_memory(parse_scenario(scenario(s, "central", "none", seed, model)), run_dir)
     sites = prepared.nodes
     pooled = write_pooled([Path(c.train.data).parent for c in sites], run_dir / "pooled.jsonl", seed=seed)
-    wall, _ = train_central(prepared, pooled, s.steps * len(sites), s.rounds, seed)
+    wall = train_central(prepared, pooled, s.steps * len(sites), s.rounds, seed).train_s
     write_run_json(run_dir, "central", "none", seed, wall)
     return run_dir
 

@@ -38,6 +38,8 @@ method with suffix -a (FedSA-LoRA: A_g trained and shared, B_g trained and kept 
 last_k_blocks, weighting try the other design choices on the same sites and seeds. prior=τ (train.prior)
 scores each site's model with its own label prior (τ times its log) added to the logits, e.g.
 global+prior=0.5 or central+prior=1.0: a model trained on others' data, adapted to the site's mix.
+central and central+prior=τ of a seed share one training: the pooled model is trained once, scored at
+each τ.
 
 Statistics: per run the mean over sites; per method mean +- std over seeds; paired differences
 dual - best(local, global) (the baseline with the higher mean over all sites x seeds) and dual -
@@ -112,6 +114,7 @@ from fedpeer.train.loop import LocalTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 from common_learning import (  # noqa: E402
+    PooledModel,
     bytes_per_link_round,
     device_name,
     isolate,
@@ -123,6 +126,7 @@ from common_learning import (  # noqa: E402
     parse_bool,
     smollm2_path,
     train_central,
+    write_central_metrics,
     write_run_json,
 )
 
@@ -555,6 +559,11 @@ def prepare_run(
     return isolate(prepared) if method == "local" else prepared
 
 
+# The latest pooled model: (the label of the run that trained it, the model), keyed by its settings
+# without the prior, its seed and the run's directory (task, sites, alpha).
+_POOLED: dict[tuple[Any, ...], tuple[str, PooledModel]] = {}
+
+
 def run_one(
     s: Settings,
     method: str,
@@ -575,6 +584,7 @@ def run_one(
     run_dir = out / f"{label}-{topology}-s{seed}"
     prepared = prepare_run(s, method, topology, seed, model, labels, files, run_dir)
     ids = [c.node_id for c in prepared.nodes]
+    extra: dict[str, Any] = {}
     t0 = time.perf_counter()
     if method == "central":
         if s.keep_best != "off" or s.prior_choices:
@@ -582,8 +592,21 @@ def run_one(
                 "keep_best and prior_choices are settings of the mesh methods and local: central has no "
                 "rounds to keep and no site validation split to choose a prior on (use prior=τ)"
             )
-        pooled = write_pooled([Path(f["train"]).parent for f in files], run_dir / "pooled.jsonl", seed=seed)
-        _, dual = train_central(prepared, pooled, s.steps * s.sites, s.rounds, seed)
+        # central and central+prior=τ of one seed train the same model: it is trained once, and a run
+        # that only changes τ scores it (and writes its per-round metrics) at its own τ.
+        key = (dataclasses.replace(s, prior=0.0), seed, str(out))
+        if key in _POOLED:
+            reused_from, pooled_model = _POOLED[key]
+            log(f"     central: {reused_from}'s pooled model (the same training), scored at τ = {s.prior:g}")
+            write_central_metrics(prepared, pooled_model)
+            extra["pooled_model_of"] = reused_from
+        else:
+            sites = [Path(f["train"]).parent for f in files]
+            pooled = write_pooled(sites, run_dir / "pooled.jsonl", seed=seed)
+            pooled_model = train_central(prepared, pooled, s.steps * s.sites, s.rounds, seed)
+            _POOLED.clear()  # one kept: the run order puts a seed's central methods next to each other
+            _POOLED[key] = (label, pooled_model)
+        dual = pooled_model.dual
         states, priors = None, {c.node_id: c.train.prior for c in prepared.nodes}
     else:
         run_inprocess(prepared)
@@ -605,6 +628,7 @@ def run_one(
         "shared_test_mean": statistics.fmean(test.values()),
         "shared_test_per_site": test,
         **({"prior_per_site": priors} if s.prior_choices else {}),
+        **extra,
         "bytes_per_link_round": bytes_per_link_round(run_dir),
         "device": device_name(s.device),
         "train_s": train_s,

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fedpeer.metrics import read_records
 from fedpeer.model.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,9 +240,23 @@ def test_split_is_seeded_disjoint_and_gives_each_site_its_eval_set():
         assert len(ev) == min(max(100, round(0.2 * (len(train) + len(ev)))), (len(train) + len(ev)) // 2)
 
 
-@pytest.mark.slow
-def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
-    medical = load_benchmark()
+# Settings of the runs on the tiny files: one step a round, small batches, sites and eval sets.
+TINY_SETTINGS = [
+    "rounds=1",
+    "steps=1",
+    "batch=8",
+    "max_length=32",
+    "eval_min=6",
+    "min_site=12",
+    "test_max=40",
+    "test_fraction=0.3",
+    "monitor=4",
+    "n_boot=200",
+]
+
+
+def tiny_files_and_model(tmp_path: Path) -> tuple[Path, Path]:
+    """Both tasks' files in the real formats, and a tiny BERT classifier built on their words."""
     data = tmp_path / "data"
     write_jsonl(data / "mtsamples.jsonl", mtsamples_rows())
     write_jsonl(data / "medical_abstracts_test.jsonl", abstracts_rows())
@@ -257,20 +272,14 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
         num_heads=2,
         intermediate_size=64,
     )
-    settings = [
-        "rounds=1",
-        "steps=1",
-        "batch=8",
-        "max_length=32",
-        "eval_min=6",
-        "min_site=12",
-        "test_max=40",
-        "test_fraction=0.3",
-        "monitor=4",
-        "n_boot=200",
-        "late_train=6",
-        "late_eval=20",
-    ]
+    return data, model
+
+
+@pytest.mark.slow
+def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
+    medical = load_benchmark()
+    data, model = tiny_files_and_model(tmp_path)
+    settings = [*TINY_SETTINGS, "late_train=6", "late_eval=20"]
     methods = (
         "local,global,dual,central,fedrep,dual-ab,dual-a+dual_head=split,dual+keep_best=macro_f1,"
         "global+prior_choices=0:100"
@@ -360,6 +369,40 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
         }
         assert {c["task"]: c["mean"] for c in merged["compare"]} == pytest.approx(own) and len(own) == 2
         assert out.count("| dual | central |") == 2
+
+
+def test_central_with_a_prior_scores_the_pooled_model_central_trained(tmp_path, capsys):
+    """central+prior=τ after central, same seed: the pooled model is not trained again, and the run's
+    scores and per-round metrics are those of a run that trains it itself."""
+    medical = load_benchmark()
+    data, model = tiny_files_and_model(tmp_path)
+    settings = [*TINY_SETTINGS, "rounds=2"]
+    both = run_benchmark(
+        medical, capsys, data, model, tmp_path / "both", "mtsamples", "central,central+prior=50", settings
+    )
+    alone = run_benchmark(
+        medical, capsys, data, model, tmp_path / "alone", "mtsamples", "central+prior=50", settings
+    )
+    rows = {r["method"]: r for r in both["results"]}
+    reused, trained = rows["central+prior=50"], alone["results"][0]
+    assert reused["pooled_model_of"] == "central"
+    assert "pooled_model_of" not in trained and "pooled_model_of" not in rows["central"]
+    for key in ("per_site", "shared_test_per_site"):
+        assert reused[key] == trained[key]
+    assert not (tmp_path / "both" / "mtsamples-n3-a1" / "central+prior=50-none-s0" / "pooled.jsonl").exists()
+
+    def rounds(out: Path, label: str, node: str) -> list:
+        metrics = out / "mtsamples-n3-a1" / f"{label}-none-s0" / node / "metrics.jsonl"
+        return [(r.round, r.train_loss, r.evaluation) for r in read_records(metrics)]
+
+    for node in reused["per_site"]:
+        scored = rounds(tmp_path / "both", "central+prior=50", node)
+        assert [t for t, _, _ in scored] == [1, 2]
+        assert scored == rounds(tmp_path / "alone", "central+prior=50", node)
+        # the same model and training losses, scored at another τ: τ = 50 moves the eval loss
+        plain = rounds(tmp_path / "both", "central", node)
+        assert [loss for _, loss, _ in plain] == [loss for _, loss, _ in scored]
+        assert [e["eval_loss"] for _, _, e in plain] != [e["eval_loss"] for _, _, e in scored]
 
 
 def test_mix_screen_scores_the_kept_runs_and_their_mixes(tmp_path, capsys):

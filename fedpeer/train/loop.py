@@ -287,7 +287,7 @@ class LocalTrainer:
         model.eval()
         try:
             if self.task == "seq-cls":
-                return self._classifier_metrics(*self._eval_logits(model))
+                return self.classifier_metrics(*self._eval_logits(model))
             loss_sum, count = 0.0, 0
             for examples in _chunks(self.eval_examples, self.cfg.batch_size):
                 batch = self._batch(examples)
@@ -339,8 +339,9 @@ class LocalTrainer:
             return self._site_prior.new_zeros(0, self._site_prior.numel()), torch.zeros(0, dtype=torch.long)
         return torch.cat(logits), torch.cat(labels)
 
-    def _classifier_metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Metrics at `self.prior`, after choosing it among train.prior_choices when those are given."""
+    def classifier_metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """seq-cls: what `evaluate` reports for `eval_logits`' output, at `self.prior` (after choosing
+        it among train.prior_choices when those are given): scores saved logits, e.g. at another τ."""
         assert self._site_prior is not None
         truth = labels.tolist()
         if self.cfg.prior_choices and truth:
