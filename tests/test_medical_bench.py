@@ -371,6 +371,7 @@ def test_medical_benchmark_smoke_on_tiny_files(tmp_path, capsys):
         assert out.count("| dual | central |") == 2
 
 
+@pytest.mark.slow
 def test_central_with_a_prior_scores_the_pooled_model_central_trained(tmp_path, capsys):
     """central+prior=τ after central, same seed: the pooled model is not trained again, and the run's
     scores and per-round metrics are those of a run that trains it itself."""
