@@ -154,7 +154,7 @@ def train_central(
             elapsed = time.perf_counter() - t0
             history.append((loss, elapsed, seen))
             _write_central_round(writers, evaluators, t, loss, elapsed, seen)
-            log(f"     central round {t}/{rounds}: train loss {loss:.4f}, {time.perf_counter() - t0:.0f} s")
+            log(f"     central round {t}/{rounds}: train loss {loss:.4f}, {elapsed:.0f} s")
     finally:
         torch.set_num_threads(threads)
     return PooledModel(dual, time.perf_counter() - t0, history)
