@@ -34,10 +34,11 @@ Methods, same sites and seeds, in-process fedpeer nodes (LoRA on the last k bloc
 Options of the same code path: fedrep (FedRep-style: shared adapter, private head) and any mesh
 method with suffix -a (FedSA-LoRA: A_g trained and shared, B_g trained and kept private,
 `adapter.share = "a"`) or -ab (A_g and B_g both trained and shared, e.g. dual-ab). --set schedule=...
-(train.schedule: joint, alternate, global-first), local_rank, gamma, lr, shared_lr, rounds, steps,
-last_k_blocks, weighting try the other design choices on the same sites and seeds. prior=τ (train.prior)
-scores each site's model with its own label prior (τ times its log) added to the logits, e.g.
-global+prior=0.5 or central+prior=1.0: a model trained on others' data, adapted to the site's mix.
+(train.schedule: joint, alternate, global-first), local_rank, gamma, lr, shared_lr, lr_decay_rounds,
+rounds, steps, last_k_blocks, weighting try the other design choices on the same sites and seeds.
+prior=τ (train.prior) scores each site's model with its own label prior (τ times its log) added to the
+logits, e.g. global+prior=0.5 or central+prior=1.0: a model trained on others' data, adapted to the
+site's mix.
 central and central+prior=τ of a seed share one training: the pooled model is trained once, scored at
 each τ.
 
@@ -220,6 +221,7 @@ class Settings:
     # gave local 4 points less than 3e-3 (docs/results/medical/README.md, screening).
     lr: float = 3e-3
     shared_lr: float = 0.0  # train.shared_lr: the shared part's rate (0: lr)
+    lr_decay_rounds: int = 0  # train.lr_decay_rounds: cosine decay of the rates to 0 over so many rounds
     rank: int = 8
     last_k_blocks: int = 2
     class_weights: str = "balanced"
@@ -505,6 +507,7 @@ def scenario(
             "max_length": s.max_length,
             "lr": s.lr,
             "shared_lr": s.shared_lr,
+            "lr_decay_rounds": s.lr_decay_rounds,
             "seed": seed,
             "device": s.device,
             "class_weights": s.class_weights if labels else "none",

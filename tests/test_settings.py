@@ -166,6 +166,7 @@ def _every_setting_changed(base: Path) -> NodeConfig:
             batch_size=4,
             lr=1e-3,
             shared_lr=4e-3,
+            lr_decay_rounds=6,
             weight_decay=0.01,
             proximal=0.5,
             prior=0.5,

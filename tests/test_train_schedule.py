@@ -1,5 +1,6 @@
 """train.schedule: which part (shared with the mesh, or private) each step of a round updates; and
-train.proximal, the extra weight decay of the private part; train.shared_lr, the shared part's rate."""
+train.proximal, the extra weight decay of the private part; train.shared_lr, the shared part's rate;
+train.lr_decay_rounds, the cosine decay of the rates."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fedpeer.datasets.synth import DEMO_LABELS, write_demo_sites
 from fedpeer.errors import ConfigError
 from fedpeer.model import load_dual_lora
 from fedpeer.train import LocalTrainer
+from fedpeer.train.loop import cosine_decay
 
 CPU = torch.device("cpu")
 
@@ -30,6 +32,7 @@ def trainer(
     steps: int,
     proximal: float = 0.0,
     shared_lr: float = 0.0,
+    lr_decay_rounds: int = 0,
     **adapter: object,
 ) -> LocalTrainer:
     model_cfg = ModelConfig(path=str(tiny_bert_cls_dir), task="seq-cls", labels=DEMO_LABELS, dropout=False)
@@ -45,6 +48,7 @@ def trainer(
         schedule=schedule,
         proximal=proximal,
         shared_lr=shared_lr,
+        lr_decay_rounds=lr_decay_rounds,
     )
     return LocalTrainer(dual, model_cfg, train_cfg)
 
@@ -190,3 +194,45 @@ def test_trainer_state_loads_across_shared_lr_settings(tiny_bert_cls_dir: Path, 
 def test_negative_shared_lr_is_refused() -> None:
     with pytest.raises(ConfigError, match="train.shared_lr"):
         dataclasses.replace(TrainConfig(data="x.jsonl"), shared_lr=-1.0).validate()
+
+
+def test_cosine_decay_runs_from_one_to_zero() -> None:
+    factors = [cosine_decay(step, 8) for step in range(10)]
+    assert factors[0] == 1.0
+    assert factors[4] == pytest.approx(0.5)
+    assert factors[8:] == [0.0, 0.0]
+    assert all(a > b for a, b in zip(factors[:8], factors[1:9], strict=True))
+
+
+def test_lr_decay_rounds_scales_every_rate_then_stops_training(tiny_bert_cls_dir: Path, site: Path) -> None:
+    # Two steps a round, decay over one round: the second step runs at half of each group's rate,
+    # and from the second round on the rates are 0, so no weight moves.
+    t = trainer(tiny_bert_cls_dir, site, "joint", 2, shared_lr=3e-2, lr_decay_rounds=1)
+    t.train_round()
+    assert [g["lr"] for g in t._optim.param_groups] == pytest.approx([1.5e-2, 5e-3])
+    before = [p.detach().clone() for p in t.dual.trainable_parameters()]
+    t.train_round()
+    assert [g["lr"] for g in t._optim.param_groups] == [0.0, 0.0]
+    assert not changed(before, t.dual.trainable_parameters())
+
+
+def test_a_restored_trainer_resumes_the_decay(tiny_bert_cls_dir: Path, site: Path) -> None:
+    # The rate follows the step counter that the checkpoint keeps: round 2 after a restart is
+    # round 2 without one, and it differs from a fresh round 1 at the full rate.
+    a = trainer(tiny_bert_cls_dir, site, "joint", 2, lr_decay_rounds=3)
+    a.train_round()
+    b = trainer(tiny_bert_cls_dir, site, "joint", 2, lr_decay_rounds=3)
+    b.dual.load_adapter_state(a.dual.adapter_state())
+    b.load_state(a.state_tensors(), a.state_meta())
+    a.train_round()
+    b.train_round()
+    assert b.steps == 4
+    assert [g["lr"] for g in b._optim.param_groups] == [g["lr"] for g in a._optim.param_groups]
+    assert b._optim.param_groups[0]["lr"] < 1e-2
+    for p, q in zip(a.dual.trainable_parameters(), b.dual.trainable_parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_negative_lr_decay_rounds_is_refused() -> None:
+    with pytest.raises(ConfigError, match="train.lr_decay_rounds"):
+        dataclasses.replace(TrainConfig(data="x.jsonl"), lr_decay_rounds=-1).validate()

@@ -215,6 +215,15 @@ class TrainConfig:
             "gain. 0: train.lr."
         },
     )
+    lr_decay_rounds: int = field(
+        default=0,
+        metadata={
+            "help": "Cosine decay of every learning rate (train.lr, train.shared_lr) from its value to 0 "
+            "over this many rounds of training (x steps_per_round steps), then 0; usually "
+            "gossip.rounds. A lossy codec's public copies catch up with models that stop moving. "
+            "0: constant rates."
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     proximal: float = field(
         default=0.0,
@@ -370,6 +379,7 @@ class TrainConfig:
         require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         require(self.lr >= 0, "train.lr", "must be >= 0")
         require(self.shared_lr >= 0, "train.shared_lr", "must be >= 0 (0 = train.lr)")
+        require(self.lr_decay_rounds >= 0, "train.lr_decay_rounds", "must be >= 0 (0 = constant rates)")
         require(self.proximal >= 0, "train.proximal", "must be >= 0 (0 = off)")
         require(self.prior >= 0, "train.prior", "must be >= 0 (0 = off)")
         require(

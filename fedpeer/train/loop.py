@@ -108,6 +108,7 @@ class LocalTrainer:
             weight_decay=train_cfg.weight_decay,
             fused=self._fused_adamw or None,
         )
+        self._base_lrs = [float(g["lr"]) for g in self._optim.param_groups]  # lr_decay_rounds scales them
         self._amp = autocast_dtype(train_cfg.precision, dual.device)
         self._scaler = torch.amp.GradScaler("cuda") if self._amp == torch.float16 else None
         self._input_names = _model_inputs(dual)
@@ -206,6 +207,7 @@ class LocalTrainer:
             total += float(loss.detach())
         for p in self._resting(step_in_round):
             p.grad = None  # AdamW leaves a parameter without a gradient untouched (no decay, no moments)
+        self._decay_lr()
         if self._scaler:
             self._scaler.step(self._optim)
             self._scaler.update()
@@ -213,6 +215,16 @@ class LocalTrainer:
             self._optim.step()
         self.steps += 1
         return total
+
+    def _decay_lr(self) -> None:
+        """train.lr_decay_rounds: every group's rate at this step, from the step counter alone (a
+        restored trainer resumes the schedule where it stopped)."""
+        horizon = self.cfg.lr_decay_rounds * self.cfg.steps_per_round
+        if horizon == 0:
+            return
+        factor = cosine_decay(self.steps, horizon)
+        for group, base in zip(self._optim.param_groups, self._base_lrs, strict=True):
+            group["lr"] = base * factor
 
     def _loss(
         self, model: torch.nn.Module, examples: Sequence[Example], batch: dict[str, torch.Tensor]
@@ -563,6 +575,14 @@ def _compiled(dual: DualLora, train_cfg: TrainConfig, prefix_cache: PrefixCache 
         )
         return dual.model
     return cast(torch.nn.Module, torch.compile(dual.model))
+
+
+def cosine_decay(step: int, horizon: int) -> float:
+    """The learning-rate factor of optimizer step `step` (0-based) of a cosine decay from 1 to 0 over
+    `horizon` steps: 1 at the first step, 0 from step `horizon` on."""
+    if step >= horizon:
+        return 0.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / horizon))
 
 
 def _unflatten_optim(tensors: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
