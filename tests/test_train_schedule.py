@@ -5,6 +5,7 @@ train.lr_decay_rounds, the cosine decay of the rates."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,11 @@ from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
 from fedpeer.datasets.synth import DEMO_LABELS, write_demo_sites
 from fedpeer.errors import ConfigError
 from fedpeer.model import load_dual_lora
+from fedpeer.node import build_node, lifecycle
 from fedpeer.train import LocalTrainer
 from fedpeer.train.loop import cosine_decay
+from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
+from tests.meshutil import prepared_memory, tiny_spec
 
 CPU = torch.device("cpu")
 
@@ -217,7 +221,7 @@ def test_lr_decay_rounds_scales_every_rate_then_stops_training(tiny_bert_cls_dir
 
 
 def test_a_restored_trainer_resumes_the_decay(tiny_bert_cls_dir: Path, site: Path) -> None:
-    # The rate follows the step counter that the checkpoint keeps: round 2 after a restart is
+    # The rate follows the round counter that the checkpoint keeps: round 2 after a restart is
     # round 2 without one, and it differs from a fresh round 1 at the full rate.
     a = trainer(tiny_bert_cls_dir, site, "joint", 2, lr_decay_rounds=3)
     a.train_round()
@@ -231,6 +235,41 @@ def test_a_restored_trainer_resumes_the_decay(tiny_bert_cls_dir: Path, site: Pat
     assert b._optim.param_groups[0]["lr"] < 1e-2
     for p, q in zip(a.dual.trainable_parameters(), b.dual.trainable_parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_a_skipped_trainer_trains_at_the_meshs_rate(tiny_bert_cls_dir: Path, site: Path) -> None:
+    # Decay over 4 rounds of 2 steps: a node that catches up to round 2 trains round 3 at the rates
+    # of steps 4 and 5 of 8 (0.5, then 0.5 * (1 + cos(5 pi / 8))), as the nodes that stayed do,
+    # not at the full rate of a first round.
+    stayed = trainer(tiny_bert_cls_dir, site, "joint", 2, lr_decay_rounds=4)
+    for _ in range(3):
+        stayed.train_round()
+    joined = trainer(tiny_bert_cls_dir, site, "joint", 2, lr_decay_rounds=4)
+    joined.skip_to_round(2)
+    rates: list[float] = []
+    joined._optim.register_step_pre_hook(lambda optim, *_: rates.append(optim.param_groups[0]["lr"]))
+    joined.train_round()
+    assert rates == pytest.approx([0.5e-2, 0.5e-2 * (1 + math.cos(5 * math.pi / 8))])
+    assert [g["lr"] for g in joined._optim.param_groups] == [g["lr"] for g in stayed._optim.param_groups]
+    assert (joined.rounds, joined.steps) == (3, 2)
+    joined.skip_to_round(1)  # never backwards
+    assert joined.rounds == 3
+
+
+def test_catching_up_moves_the_decay_clock_and_a_restart_keeps_it(tmp_path: Path) -> None:
+    # train.lr_decay_rounds follows the mesh's round: a node that jumps to round 5 trains round 6
+    # at round 6's rate, and the checkpoint written at the jump keeps that clock for a restart.
+    gossip = {"join_timeout_s": 0.2, "linger_s": 0.0, "allow_solo": True, "rounds": 8}
+    spec = tiny_spec(nodes=2, gossip=gossip, train={"lr_decay_rounds": 8})
+    cfg = prepared_memory(spec, tmp_path).nodes[0]
+    node = build_node(cfg, MemoryTransport(MemoryNetwork()))
+    node.resync = lambda j, t: False  # type: ignore[method-assign]  # no snapshot: keep our adapter
+    lifecycle.catch_up(node, 5)
+    node.close()
+    assert (node.completed_round, node.trainer.rounds, node.trainer.steps) == (5, 5, 0)
+    again = build_node(cfg, MemoryTransport(MemoryNetwork()))
+    again.close()
+    assert (again.completed_round, again.trainer.rounds) == (5, 5)
 
 
 def test_negative_lr_decay_rounds_is_refused() -> None:

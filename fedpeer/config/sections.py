@@ -220,10 +220,12 @@ class TrainConfig:
         metadata={
             "help": "Cosine decay of every learning rate (train.lr, train.shared_lr) from its value to 0 "
             "over this many rounds of training (x steps_per_round steps), then 0; usually "
-            "gossip.rounds. A lossy codec's public copies then catch up with models that stop moving: "
-            "on real medical text (docs/results/medical) the pipeline codec cost a global-only mesh "
-            "nothing against lossless with the decay (20 seeds), 1.6 points without it, but the decay "
-            "itself cost the lossless mesh about as much. 0: constant rates."
+            "gossip.rounds. The schedule follows the mesh's round number: a node that restarts or "
+            "catches up trains each round at the rate the others train it at. A lossy codec's public "
+            "copies then catch up with models that stop moving: on real medical text "
+            "(docs/results/medical) the pipeline codec cost a global-only mesh nothing against "
+            "lossless with the decay (20 seeds), 1.6 points without it, but the decay itself cost the "
+            "lossless mesh about as much. 0: constant rates."
         },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})

@@ -68,6 +68,7 @@ def catch_up(node: Node, to_round: int) -> None:
             ", ".join(fetched),
         )
     node.completed_round = to_round
+    node.trainer.skip_to_round(to_round)
     if fetched and node.cfg.train.keep_best != "off":
         state.keep_if_best(node, to_round, node.trainer.evaluate())
     state.save(node)

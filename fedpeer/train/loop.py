@@ -135,8 +135,8 @@ class LocalTrainer:
                 self._class_weight = balanced_class_weights(labels, len(model_cfg.labels)).to(dual.device)
             elif train_cfg.class_weights == "logit-adjusted":
                 self._loss_prior = self._site_prior
-        self.rounds = 0
-        self.steps = 0
+        self.rounds = 0  # the mesh rounds trained, or skipped by catching up: the decay's clock
+        self.steps = 0  # optimizer steps taken
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """One group, or the shared part and the private part in groups of their own: the shared one at
@@ -175,6 +175,12 @@ class LocalTrainer:
         self.rounds += 1
         return sum(losses) / len(losses)
 
+    def skip_to_round(self, completed: int) -> None:
+        """The node jumped to the mesh's round `completed` (it caught up after missing more rounds
+        than it could replay): its next round is round `completed + 1`, at the rate every node that
+        stayed trains it at (train.lr_decay_rounds). Steps taken and the optimizer are unchanged."""
+        self.rounds = max(self.rounds, completed)
+
     def _resting(self, step_in_round: int) -> list[torch.nn.Parameter]:
         """The part that `train.schedule` leaves alone at this step of the round (joint: none)."""
         schedule = self.cfg.schedule
@@ -207,7 +213,7 @@ class LocalTrainer:
             total += float(loss.detach())
         for p in self._resting(step_in_round):
             p.grad = None  # AdamW leaves a parameter without a gradient untouched (no decay, no moments)
-        self._decay_lr()
+        self._decay_lr(step_in_round)
         if self._scaler:
             self._scaler.step(self._optim)
             self._scaler.update()
@@ -216,13 +222,15 @@ class LocalTrainer:
         self.steps += 1
         return total
 
-    def _decay_lr(self) -> None:
-        """train.lr_decay_rounds: every group's rate at this step, from the step counter alone (a
-        restored trainer resumes the schedule where it stopped)."""
-        horizon = self.cfg.lr_decay_rounds * self.cfg.steps_per_round
+    def _decay_lr(self, step_in_round: int) -> None:
+        """train.lr_decay_rounds: every group's rate at this step of the mesh's round `rounds + 1`.
+        The round counter is the schedule's clock: a checkpoint keeps it, so a restored trainer
+        resumes where it stopped, and `skip_to_round` moves it for a node that catches up."""
+        per_round = self.cfg.steps_per_round
+        horizon = self.cfg.lr_decay_rounds * per_round
         if horizon == 0:
             return
-        factor = cosine_decay(self.steps, horizon)
+        factor = cosine_decay(self.rounds * per_round + step_in_round, horizon)
         for group, base in zip(self._optim.param_groups, self._base_lrs, strict=True):
             group["lr"] = base * factor
 
