@@ -15,7 +15,7 @@ from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
 from fedpeer.datasets.synth import DEMO_LABELS, write_demo_sites
 from fedpeer.errors import ConfigError
 from fedpeer.model import load_dual_lora
-from fedpeer.node import build_node, lifecycle
+from fedpeer.node import build_node, lifecycle, state
 from fedpeer.train import LocalTrainer
 from fedpeer.train.loop import cosine_decay
 from fedpeer.transport.memory import MemoryNetwork, MemoryTransport
@@ -258,7 +258,8 @@ def test_a_skipped_trainer_trains_at_the_meshs_rate(tiny_bert_cls_dir: Path, sit
 
 def test_catching_up_moves_the_decay_clock_and_a_restart_keeps_it(tmp_path: Path) -> None:
     # train.lr_decay_rounds follows the mesh's round: a node that jumps to round 5 trains round 6
-    # at round 6's rate, and the checkpoint written at the jump keeps that clock for a restart.
+    # at round 6's rate, and the checkpoint written at the jump keeps that clock for a restart (one
+    # written before this was so is read with the node's round as the clock).
     gossip = {"join_timeout_s": 0.2, "linger_s": 0.0, "allow_solo": True, "rounds": 8}
     spec = tiny_spec(nodes=2, gossip=gossip, train={"lr_decay_rounds": 8})
     cfg = prepared_memory(spec, tmp_path).nodes[0]
@@ -270,6 +271,11 @@ def test_catching_up_moves_the_decay_clock_and_a_restart_keeps_it(tmp_path: Path
     again = build_node(cfg, MemoryTransport(MemoryNetwork()))
     again.close()
     assert (again.completed_round, again.trainer.rounds) == (5, 5)
+    again.trainer.rounds = 0  # as in a checkpoint written before catching up moved the clock
+    state.save(again)
+    older = build_node(cfg, MemoryTransport(MemoryNetwork()))
+    older.close()
+    assert (older.completed_round, older.trainer.rounds) == (5, 5)
 
 
 def test_negative_lr_decay_rounds_is_refused() -> None:

@@ -157,6 +157,7 @@ def resume(node: Node) -> None:
     torch.set_rng_state(ck.group("rng")["torch"])
     node.copies.restore({j: ck.group(f"copy.{j}") for j in node.neighbours.peers}, ck.meta["copies"])
     node.completed_round = int(ck.meta["round"])
+    node.trainer.skip_to_round(node.completed_round)  # a checkpoint from before catch-ups moved the clock
     node.last_eval_loss = float(ck.meta.get("last_eval_loss") or math.nan)
     node.copies.set_round(node.completed_round)
     _restore_record(node, ck.meta.get("record"))
