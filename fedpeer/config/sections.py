@@ -226,7 +226,7 @@ class TrainConfig:
             "(docs/results/medical) the pipeline codec cost a global-only mesh nothing against "
             "lossless with the decay (20 seeds), 1.6 points without it, but the decay itself cost the "
             "lossless mesh about as much; decayed from twice the rate, the lossless mesh kept its "
-            "score and the codec cost 0.6 points [-2.0, +0.8]. 0: constant rates."
+            "score and the codec's difference from it was -0.6 points [-2.0, +0.8]. 0: constant rates."
         },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})

@@ -176,9 +176,10 @@ class LocalTrainer:
         return sum(losses) / len(losses)
 
     def skip_to_round(self, completed: int) -> None:
-        """The node jumped to the mesh's round `completed` (it caught up after missing more rounds
-        than it could replay): its next round is round `completed + 1`, at the rate every node that
-        stayed trains it at (train.lr_decay_rounds). Steps taken and the optimizer are unchanged."""
+        """The node is at the mesh's round `completed` (it caught up after missing more rounds than it
+        could replay, or resumed from a checkpoint): its next round is round `completed + 1`, at the
+        rate every other node trains it at (train.lr_decay_rounds). Never moves the clock back; steps
+        taken and the optimizer are unchanged."""
         self.rounds = max(self.rounds, completed)
 
     def _resting(self, step_in_round: int) -> list[torch.nn.Parameter]:
