@@ -619,7 +619,10 @@ def run_one(
         states = {k: ck.group("adapter") for k, ck in cks.items()}
         priors = {c.node_id: prior_of(c.train, cks[c.node_id].meta) for c in prepared.nodes}
     train_s = time.perf_counter() - t0
-    own, test = evaluate_sites(prepared, dual, states, priors, files)
+    cfg = prepared.nodes[0]
+    # A mesh run with a private part: its shared part is scored alone too ("METHOD/shared" in --compare).
+    alone = topology != "none" and has_shared_part(cfg)
+    own, test, part = evaluate_sites(prepared, dual, states, priors, files, shared_part=alone)
     wall = time.perf_counter() - t0
     write_run_json(run_dir, label, topology, seed, wall)
     return {
@@ -631,6 +634,8 @@ def run_one(
         "shared_test_mean": statistics.fmean(test.values()),
         "shared_test_per_site": test,
         **({"prior_per_site": priors} if s.prior_choices else {}),
+        **({"shared_part_mean": statistics.fmean(part.values())} if part else {}),
+        **({"shared_part_per_site": part} if part else {}),
         **extra,
         "bytes_per_link_round": bytes_per_link_round(run_dir),
         "device": device_name(s.device),
@@ -639,26 +644,38 @@ def run_one(
     }
 
 
+def has_shared_part(cfg: Any) -> bool:
+    """A classifier site with a private part and a shared part that predicts alone (a shared head)."""
+    a = cfg.adapter
+    return bool(cfg.model.task == "seq-cls" and a.use_local and a.head != "local" and a.share != "a")
+
+
 def evaluate_sites(
     prepared: PreparedScenario,
     dual: DualLora,
     states: dict[str, Any] | None,
     priors: dict[str, float],
     files: list,
-) -> tuple[dict[str, float], dict[str, float]]:
+    shared_part: bool = False,
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """The score of each site's model on its own eval set, with the site's label prior at the τ of
     `priors` (train.prior, or what train.prior_choices chose), and on the shared test set (states None:
     one model for every site, scored once on the test set). The test set is the global view: its mix
     is no site's, so it is scored without a prior. Generation scores only the sites' own eval sets:
-    greedy decoding of the test set by every site would cost more than the training."""
+    greedy decoding of the test set by every site would cost more than the training. With
+    `shared_part`, the third dict scores each site's shared part alone (`DualLora.shared_only`) on its
+    own eval set, at the same τ: what the private part adds is the first minus the third."""
     threads = torch.get_num_threads()
     torch.set_num_threads(_cores())
-    own, test = {}, {}
+    own, test, part = {}, {}, {}
     try:
         for cfg, f in zip(prepared.nodes, files, strict=True):
             if states is not None:
                 dual.load_adapter_state(states[cfg.node_id])
             own[cfg.node_id] = _score(dual, cfg, f["eval"], prior=priors[cfg.node_id])
+            if shared_part:
+                with dual.shared_only():
+                    part[cfg.node_id] = _score(dual, cfg, f["eval"], prior=priors[cfg.node_id])
             if cfg.model.task != "seq-cls":
                 test[cfg.node_id] = float("nan")
             elif states is not None or not test:
@@ -667,7 +684,7 @@ def evaluate_sites(
                 test[cfg.node_id] = next(iter(test.values()))
     finally:
         torch.set_num_threads(threads)
-    return own, test
+    return own, test, part
 
 
 def _score(dual: DualLora, cfg: Any, data: Path, prior: float) -> float:
@@ -779,7 +796,9 @@ def compare(results: list[dict[str, Any]], specs: Sequence[str], n_boot: int) ->
     """--compare "A - B": method A minus method B per (task, sites, alpha) where both ran, paired by
     (seed, site), with two percentile bootstrap 95 % intervals: over the pairs (as `paired`), and over
     the seeds' mean differences (sites of one seed share a mesh, so this one does not assume they are
-    independent). A label may name a topology, METHOD@TOPOLOGY; it must where its runs have several."""
+    independent). A label may name a topology, METHOD@TOPOLOGY; it must where its runs have several.
+    METHOD/shared (or METHOD@TOPOLOGY/shared) is the shared part of a run with a private part, scored
+    alone: "A - A/shared" is what A's private part adds."""
     out = []
     for spec in specs:
         a, b = compare_labels(spec)
@@ -827,12 +846,17 @@ def compare_labels(spec: str) -> tuple[str, str]:
 
 
 def _units_of(rs: list[dict[str, Any]], label: str) -> dict[tuple[int, str], float]:
+    """Per (seed, site) scores of METHOD[@TOPOLOGY][/shared]; /shared: the shared part scored alone."""
+    label, slash, part = label.partition("/")
+    if slash and part != "shared":
+        raise SystemExit(f"--compare: {label}/{part}: the only part that can be named is /shared")
+    key = "shared_part_per_site" if slash else "per_site"
     method, _, topology = label.partition("@")
     runs = [r for r in rs if r["method"] == method and (not topology or r["topology"] == topology)]
     if len({r["topology"] for r in runs}) > 1:
         tops = ", ".join(sorted({r["topology"] for r in runs}))
         raise SystemExit(f"--compare: {method!r} ran on several topologies ({tops}): write {method}@TOPOLOGY")
-    return {(r["seed"], site): v for r in runs for site, v in r["per_site"].items()}
+    return {(r["seed"], site): v for r in runs for site, v in r.get(key, {}).items()}
 
 
 # ================================================================ driver
@@ -941,9 +965,11 @@ def run_all(
                         results.append({"task": task, "sites": n_sites, "alpha": alpha, **r})
                         with (out / "results.jsonl").open("a") as fh:  # kept even if the run is stopped
                             fh.write(json.dumps(results[-1]) + "\n")
+                        part = r.get("shared_part_mean")
+                        alone = "" if part is None else f", shared part alone {part:.4f}"
                         log(
                             f"  {method:>8} {topology:>14}: {metric_name(task)} {r['mean_score']:.4f} "
-                            f"(shared test {r['shared_test_mean']:.4f}) {r['run_s']:.0f} s"
+                            f"(shared test {r['shared_test_mean']:.4f}{alone}) {r['run_s']:.0f} s"
                         )
                     mesh_runs = [(m, t) for m, t in plan if m == "dual"]
                     if cs.late_train > 0 and mesh_runs:
@@ -1243,9 +1269,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=[],
         metavar="'A - B'",
         help="paired differences of method A minus method B (labels as in --methods, METHOD@TOPOLOGY "
-        "where one ran on several), by seed and site, over this run's results or those --merge pools, "
+        "where one ran on several; METHOD/shared: the shared part of a run with a private part, scored "
+        "alone), by seed and site, over this run's results or those --merge pools, "
         "with a bootstrap 95 %% interval over the pairs and one over the seeds; repeatable, e.g. "
-        '--compare "global+rounds=32+prior=0.5 - local+rounds=16"',
+        '--compare "global+rounds=32+prior=0.5 - local+rounds=16" or --compare "dual - dual/shared"',
     )
     ap.add_argument("--json", action="store_true", help="end with one JSON object")
     a = ap.parse_args(argv)

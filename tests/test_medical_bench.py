@@ -1,6 +1,7 @@
 """benchmarks/medical.py: data filtering, the missing-file error, the bootstrap interval, and a smoke run
 on tiny fabricated files in the real files' formats (no /work/shared/data needed)."""
 
+import contextlib
 import importlib.util
 import json
 import random
@@ -226,6 +227,47 @@ def test_the_shared_test_set_is_scored_without_the_site_prior(monkeypatch):
     priors = {"node0": 0.5, "node1": 1.0}  # each site's train.prior, or what prior_choices chose
     medical.evaluate_sites(SimpleNamespace(nodes=nodes), dual, {"node0": {}, "node1": {}}, priors, files)
     assert calls == [("eval0", 0.5), ("test", 0.0), ("eval1", 1.0), ("test", 0.0)]
+
+
+def test_the_shared_part_is_scored_alone_at_the_sites_prior_and_compared_as_method_slash_shared(monkeypatch):
+    """A mesh run with a private part also scores each site's shared part alone (the private part left
+    out), on the same eval set at the same τ; "A - A/shared" pairs the two."""
+    medical = load_benchmark()
+    alone = []
+    monkeypatch.setattr(medical, "_score", lambda dual, cfg, data, prior: 0.4 if alone else 0.6)
+
+    @contextlib.contextmanager
+    def shared_only():
+        alone.append(True)
+        yield
+        alone.pop()
+
+    nodes = [SimpleNamespace(node_id=f"node{i}", model=SimpleNamespace(task="seq-cls")) for i in range(2)]
+    files = [{"eval": f"eval{i}", "test": "test"} for i in range(2)]
+    dual = SimpleNamespace(load_adapter_state=lambda state: None, shared_only=shared_only)
+    priors = {"node0": 0.5, "node1": 1.0}
+    states = {"node0": {}, "node1": {}}
+    own, _, part = medical.evaluate_sites(SimpleNamespace(nodes=nodes), dual, states, priors, files, True)
+    assert own == {"node0": 0.6, "node1": 0.6} and part == {"node0": 0.4, "node1": 0.4}
+    assert medical.evaluate_sites(SimpleNamespace(nodes=nodes), dual, states, priors, files)[2] == {}
+
+    def site(**adapter):
+        a = {"use_local": True, "head": "split", "share": "b", **adapter}
+        return SimpleNamespace(model=SimpleNamespace(task="seq-cls"), adapter=SimpleNamespace(**a))
+
+    assert medical.has_shared_part(site())
+    assert not any(medical.has_shared_part(site(**a)) for a in ({"use_local": False}, {"head": "local"}))
+
+    part_scores = {"node0": 0.5, "node1": 0.8}
+    rows = [{**result_row("dual", s, [0.6, 0.7]), "shared_part_per_site": part_scores} for s in (0, 1)]
+    (c,) = medical.compare(rows, ["dual - dual/shared"], n_boot=200)
+    assert c["mean"] == pytest.approx(0.0) and c["n_pairs"] == 4
+    assert c["per_seed"] == pytest.approx([0.0, 0.0])
+    assert medical.compare(rows, ["dual@ring/shared - dual"], n_boot=200)[0]["mean"] == pytest.approx(0.0)
+    with pytest.raises(SystemExit, match="only part that can be named is /shared"):
+        medical.compare(rows, ["dual - dual/private"], n_boot=10)
+    with pytest.raises(SystemExit, match="no \\(seed, site\\) has both"):  # runs without a shared part
+        medical.compare([result_row("dual", 0, [0.6, 0.7])], ["dual - dual/shared"], n_boot=10)
 
 
 def test_split_is_seeded_disjoint_and_gives_each_site_its_eval_set():

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig
+from fedpeer.config import AdapterConfig, ModelConfig, TrainConfig, dump_toml, load_node_config
 from fedpeer.datasets.synth import DEMO_LABELS, write_demo_sites
-from fedpeer.errors import ConfigError
+from fedpeer.errors import ConfigError, ModelError
 from fedpeer.model import load_dual_lora
 from fedpeer.node import build_node, lifecycle, state
 from fedpeer.train import LocalTrainer
@@ -281,3 +281,89 @@ def test_catching_up_moves_the_decay_clock_and_a_restart_keeps_it(tmp_path: Path
 def test_negative_lr_decay_rounds_is_refused() -> None:
     with pytest.raises(ConfigError, match="train.lr_decay_rounds"):
         dataclasses.replace(TrainConfig(data="x.jsonl"), lr_decay_rounds=-1).validate()
+
+
+def test_decoupled_shared_part_trains_as_a_global_only_model(tiny_bert_cls_dir: Path, site: Path) -> None:
+    # Reference: the same shared part without any private part (adapter.use_local = false, the head
+    # shared). Under "decoupled" the private part must not change what the shared part learns.
+    alone = trainer(tiny_bert_cls_dir, site, "joint", 3, head="global", use_local=False)
+    both = trainer(tiny_bert_cls_dir, site, "decoupled", 3, head="global")
+    assert both.dual.global_keys() == alone.dual.global_keys()
+    for _ in range(2):
+        alone.train_round()
+        both.train_round()
+    private = both.dual.local_state()
+    assert any(bool(v.abs().sum() > 0) for k, v in private.items() if "lora_B.local" in k)  # it trained
+    for k, v in alone.dual.global_state().items():
+        torch.testing.assert_close(both.dual.global_state()[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_decoupled_private_part_learns_on_the_whole_model(tiny_bert_cls_dir: Path, site: Path) -> None:
+    # One step of local-first's private turn is the private part's step on the whole model's loss with
+    # the shared part left alone: decoupled's private step must be that same step.
+    private_turn = trainer(tiny_bert_cls_dir, site, "local-first", 1, head="split")
+    both = trainer(tiny_bert_cls_dir, site, "decoupled", 1, head="split")
+    private_turn.train_round()
+    both.train_round()
+    for k, v in private_turn.dual.local_state().items():
+        torch.testing.assert_close(both.dual.local_state()[k], v, rtol=1e-5, atol=1e-6)
+    assert both.dual.global_state().keys() == private_turn.dual.global_state().keys()
+    assert any(  # while its shared part moved (local-first's did not)
+        not torch.equal(a, b)
+        for a, b in zip(
+            both.dual.global_state().values(), private_turn.dual.global_state().values(), strict=True
+        )
+    )
+
+
+def test_shared_only_leaves_the_private_part_out_and_restores_it(tiny_bert_cls_dir: Path, site: Path) -> None:
+    t = trainer(tiny_bert_cls_dir, site, "joint", 2, head="split")
+    t.train_round()  # a private part that changes the logits
+    batch = t._batch(t.train_examples[:4])
+    batch.pop("labels")
+    model = t.dual.model.eval()
+    with torch.no_grad():
+        whole = model(**batch).logits
+        with t.dual.shared_only():
+            shared = model(**batch).logits
+        private = {k: torch.zeros_like(v) for k, v in t.dual.local_state().items()}
+        saved = t.dual.local_state()
+        t.dual.set_local_state(private)
+        reference = model(**batch).logits  # the private part at zero: the shared part alone
+        t.dual.set_local_state(saved)
+        assert torch.equal(model(**batch).logits, whole)  # restored on leaving
+    torch.testing.assert_close(shared, reference)
+    assert not torch.allclose(shared, whole)
+    with pytest.raises(RuntimeError), t.dual.shared_only():
+        raise RuntimeError("restored on an error too")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, whole)
+
+
+def test_shared_only_needs_a_shared_head(tiny_bert_cls_dir: Path, site: Path) -> None:
+    t = trainer(tiny_bert_cls_dir, site, "joint", 1, head="local")
+    with pytest.raises(ModelError, match='adapter.head = "local"'), t.dual.shared_only():
+        pass
+
+
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [({"head": "local"}, "needs a shared head"), ({"share": "a"}, "needs a shared head")],
+)
+def test_decoupled_is_refused_without_a_shared_part_to_train_alone(
+    tmp_path: Path, tiny_bert_cls_dir: Path, adapter: dict, message: str
+) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        dump_toml(
+            {
+                "node_id": "site-a",
+                "state_dir": str(tmp_path / "state"),
+                "model": {"path": str(tiny_bert_cls_dir), "task": "seq-cls", "labels": list(DEMO_LABELS)},
+                "adapter": adapter,
+                "train": {"data": "train.jsonl", "schedule": "decoupled"},
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match=f"train.schedule.*{message}"):
+        load_node_config(config)

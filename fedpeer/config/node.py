@@ -217,6 +217,13 @@ class NodeConfig:
             'are values of a class prior: they need model.task = "seq-cls" '
             "(leave them empty for a causal LM)",
         )
+        require(
+            self.train.schedule != "decoupled"
+            or (self.adapter.share != "a" and (self.adapter.head != "local" or self.model.task != "seq-cls")),
+            "train.schedule",
+            'decoupled trains the shared part alone: it needs a shared head (adapter.head "split" or '
+            '"global") and a shared B_g (adapter.share "b" or "ab")',
+        )
         for i, link in enumerate(self.links):
             link.validate(f"links[{i}]")
             require(

@@ -16,7 +16,7 @@ from fedpeer.errors import ConfigError
 TASKS = ("causal-lm", "seq-cls")
 HEAD_SCOPES = ("global", "local", "split")
 CLASS_WEIGHTS = ("none", "balanced", "logit-adjusted")
-SCHEDULES = ("joint", "alternate", "global-first", "local-first")
+SCHEDULES = ("joint", "alternate", "global-first", "local-first", "decoupled")
 KEEP_BEST = ("off", "eval_loss", "macro_f1")
 SHARED_FACTORS = ("b", "a", "ab")
 WEIGHTINGS = ("metropolis-hastings", "data-size", "val-loss")
@@ -318,7 +318,12 @@ class TrainConfig:
             "help": "How a round's steps train the two parts. joint: every step updates both the shared "
             "part (what travels) and the private part (local adapter, private head). alternate: steps take "
             "turns, shared first. global-first: the first half of the steps updates the shared part, the "
-            "second half the private part. local-first: the other way round (FedRep's order)."
+            "second half the private part. local-first: the other way round (FedRep's order). "
+            "decoupled: every step trains the shared part on the loss of the shared part alone (the "
+            "model without its private part, as a global-only mesh trains it) and the private part on "
+            "the whole model's loss, the shared part held as it is (two passes a step; FedRoD's split). "
+            "The mesh's model is then not pulled towards the site; the private part learns the site's "
+            "own on top of it."
         },
     )
     frozen_cache_mb: int = field(

@@ -187,6 +187,7 @@ class SplitHead(torch.nn.Module):
 
     `shared` is the model's head; `private` is a copy of it with every parameter at zero, so the model
     starts out as it was. Its parameters are named `<head>.shared.*` and `<head>.private.*`.
+    `use_private = False` leaves the private part out (the shared model alone, `DualLora.shared_only`).
     """
 
     def __init__(self, head: torch.nn.Module) -> None:
@@ -196,9 +197,13 @@ class SplitHead(torch.nn.Module):
             for p in self.private.parameters():
                 p.zero_()
         self.shared = head
+        self.use_private = True
 
     def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.shared(hidden, *args, **kwargs) + self.private(hidden, *args, **kwargs)
+        out = self.shared(hidden, *args, **kwargs)
+        if not self.use_private:
+            return out
+        return out + self.private(hidden, *args, **kwargs)
 
 
 def split_head(base: PreTrainedModel, head: str) -> None:

@@ -14,15 +14,17 @@ requires_grad on the head ourselves and route it to the global or local state.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 import torch
 from peft import PeftModel
+from peft.tuners.lora.layer import LoraLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import fedpeer
@@ -37,7 +39,15 @@ from fedpeer.model.adapters import (
     resolve_targets,
     strip_peft_prefix,
 )
-from fedpeer.model.base import HEAD_NAMES, find_head, init_head, load_base, resolve_device, split_head
+from fedpeer.model.base import (
+    HEAD_NAMES,
+    SplitHead,
+    find_head,
+    init_head,
+    load_base,
+    resolve_device,
+    split_head,
+)
 from fedpeer.model.fused import fuse_dual_lora
 from fedpeer.tensors import TensorSpec
 
@@ -135,6 +145,32 @@ class DualLora:
     def private_parameters(self) -> list[torch.nn.Parameter]:
         """The trainable parameters that stay at the site (`local_state()`), in a stable order."""
         return [self._params[k] for k in self._roles.local_keys]
+
+    @contextlib.contextmanager
+    def shared_only(self) -> Iterator[None]:
+        """Within the block, the model is its shared part alone, what the mesh learns: the local
+        adapter's scale is 0 and a split head's private half is left out, so what the model computes
+        does not depend on the private part (train.schedule decoupled, and scoring the shared part
+        alone). A private head (adapter.head = "local") cannot be left out."""
+        head = self.head
+        if head is not None and not any(k.startswith(f"{head}.") for k in self._roles.global_keys):
+            raise ModelError(
+                'the shared part alone has no head with adapter.head = "local": use "split" or "global"'
+            )
+        scaled = [m for m in self.model.modules() if isinstance(m, LoraLayer) and LOCAL in m.scaling]
+        saved = [m.scaling[LOCAL] for m in scaled]
+        heads = [m for m in self.model.modules() if isinstance(m, SplitHead)]
+        try:
+            for m in scaled:
+                m.scaling[LOCAL] = 0.0
+            for h in heads:
+                h.use_private = False
+            yield
+        finally:
+            for m, value in zip(scaled, saved, strict=True):
+                m.scaling[LOCAL] = value
+            for h in heads:
+                h.use_private = True
 
     # --- identity -----------------------------------------------------------------------------------
     def fingerprint_fields(self) -> dict[str, str]:

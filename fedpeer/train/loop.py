@@ -185,7 +185,7 @@ class LocalTrainer:
     def _resting(self, step_in_round: int) -> list[torch.nn.Parameter]:
         """The part that `train.schedule` leaves alone at this step of the round (joint: none)."""
         schedule = self.cfg.schedule
-        if schedule == "joint" or not self._private or not self._shared:
+        if schedule in ("joint", "decoupled") or not self._private or not self._shared:
             return []
         half = max(1, self.cfg.steps_per_round // 2)  # a half has at least one step
         if schedule == "alternate":
@@ -206,12 +206,17 @@ class LocalTrainer:
         total_terms = sum(weights)
         self._optim.zero_grad(set_to_none=True)
         total = 0.0
+        decoupled = self.cfg.schedule == "decoupled" and bool(self._private) and bool(self._shared)
         for part, batch, terms in zip(parts, batches, weights, strict=True):
-            loss = self._loss(model, part, batch)
-            if len(parts) > 1:
-                loss = loss * (terms / total_terms)
-            (self._scaler.scale(loss) if self._scaler else loss).backward()
+            share = terms / total_terms if len(parts) > 1 else 1.0
+            # decoupled: the whole model's loss trains the private part only; the shared part learns
+            # from the loss of the shared part alone, as it would without a private part.
+            loss = self._loss(model, part, dict(batch) if decoupled else batch) * share
+            self._backward(loss, self._private if decoupled else None)
             total += float(loss.detach())
+            if decoupled:
+                with self.dual.shared_only():
+                    self._backward(self._loss(model, part, batch) * share, self._shared)
         for p in self._resting(step_in_round):
             p.grad = None  # AdamW leaves a parameter without a gradient untouched (no decay, no moments)
         self._decay_lr(step_in_round)
@@ -222,6 +227,10 @@ class LocalTrainer:
             self._optim.step()
         self.steps += 1
         return total
+
+    def _backward(self, loss: torch.Tensor, inputs: list[torch.nn.Parameter] | None) -> None:
+        """Accumulate `loss`'s gradient (scaled under fp16) into `inputs`, or every parameter (None)."""
+        (self._scaler.scale(loss) if self._scaler else loss).backward(inputs=inputs)
 
     def _decay_lr(self, step_in_round: int) -> None:
         """train.lr_decay_rounds: every group's rate at this step of the mesh's round `rounds + 1`.
