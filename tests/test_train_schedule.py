@@ -283,19 +283,26 @@ def test_negative_lr_decay_rounds_is_refused() -> None:
         dataclasses.replace(TrainConfig(data="x.jsonl"), lr_decay_rounds=-1).validate()
 
 
-def test_decoupled_shared_part_trains_as_a_global_only_model(tiny_bert_cls_dir: Path, site: Path) -> None:
+@pytest.mark.parametrize("head", ["global", "split"])
+def test_decoupled_shared_part_trains_as_a_global_only_model(
+    tiny_bert_cls_dir: Path, site: Path, head: str
+) -> None:
     # Reference: the same shared part without any private part (adapter.use_local = false, the head
     # shared). Under "decoupled" the private part must not change what the shared part learns.
     alone = trainer(tiny_bert_cls_dir, site, "joint", 3, head="global", use_local=False)
-    both = trainer(tiny_bert_cls_dir, site, "decoupled", 3, head="global")
-    assert both.dual.global_keys() == alone.dual.global_keys()
+    both = trainer(tiny_bert_cls_dir, site, "decoupled", 3, head=head)
+    start = alone.dual.global_state()
+    names = {k.replace(".shared.", "."): k for k in both.dual.global_keys()}  # a split head's shared half
+    assert sorted(names) == alone.dual.global_keys()
+    both.dual.set_global_state({names[k]: v for k, v in start.items()})  # the heads' seeds differ
     for _ in range(2):
         alone.train_round()
         both.train_round()
     private = both.dual.local_state()
     assert any(bool(v.abs().sum() > 0) for k, v in private.items() if "lora_B.local" in k)  # it trained
     for k, v in alone.dual.global_state().items():
-        torch.testing.assert_close(both.dual.global_state()[k], v, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(v, start[k])
+        torch.testing.assert_close(both.dual.global_state()[names[k]], v, rtol=1e-5, atol=1e-6)
 
 
 def test_decoupled_private_part_learns_on_the_whole_model(tiny_bert_cls_dir: Path, site: Path) -> None:
